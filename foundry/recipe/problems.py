@@ -1,0 +1,30 @@
+"""A problem found in a recipe, and how it is told to the user: `file:line: field: what`."""
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from foundry.recipe.yamlsource import Loc
+
+
+@dataclass(frozen=True)
+class Problem:
+    loc: Loc
+    message: str
+
+    def render(self, path: Path, line: int) -> str:
+        field = format_loc(self.loc)
+        return f"{path}:{line}: {field}: {self.message}" if field else f"{path}:{line}: {self.message}"
+
+
+def format_loc(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,75 @@
+"""A store in a local folder: `<root>/<recipe>/<stage>-<hash>/`.
+
+Staging folders live inside the root so that committing is a rename on one filesystem,
+never a copy; the marker is written through a temporary file and `os.replace`, so it is
+either absent or whole.
+"""
+
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+from foundry.store.base import SUCCESS_MARKER, CommittedKey, Store
+
+_STAGING = ".staging"
+
+
+class LocalStore(Store):
+    def __init__(self, root: Path) -> None:
+        self.root = root.expanduser().resolve()
+        self.url = f"file://{self.root}"
+
+    def _key_dir(self, recipe: str, key: str) -> Path:
+        return self.root / recipe / key
+
+    def location(self, recipe: str, key: str) -> str:
+        return str(self._key_dir(recipe, key))
+
+    def marker(self, recipe: str, key: str) -> dict[str, Any] | None:
+        path = self._key_dir(recipe, key) / SUCCESS_MARKER
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def fetch(self, recipe: str, key: str) -> Path:
+        return self._key_dir(recipe, key)
+
+    def new_staging(self, recipe: str, key: str) -> Path:
+        staging = self.root / recipe / _STAGING / f"{key}.{uuid.uuid4().hex[:8]}"
+        staging.mkdir(parents=True)
+        return staging
+
+    def commit(self, recipe: str, key: str, staging: Path, record: dict[str, Any]) -> dict[str, Any]:
+        target = self._key_dir(recipe, key)
+        self.discard(recipe, key)
+        os.replace(staging, target)
+        temporary = target / f".{SUCCESS_MARKER}.tmp"
+        with open(temporary, "w") as handle:
+            json.dump(record, handle, indent=2, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target / SUCCESS_MARKER)
+        return record
+
+    def discard(self, recipe: str, key: str) -> None:
+        target = self._key_dir(recipe, key)
+        if not target.exists():
+            return
+        # Unmark first, then move aside: a reader never sees a marked half-deleted key.
+        (target / SUCCESS_MARKER).unlink(missing_ok=True)
+        doomed = self.root / recipe / _STAGING / f"{key}.discarded.{uuid.uuid4().hex[:8]}"
+        doomed.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(target, doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
+
+    def list_committed(self, recipe: str | None = None) -> Iterator[CommittedKey]:
+        recipes = [self.root / recipe] if recipe else sorted(p for p in self.root.glob("*") if p.is_dir())
+        for recipe_dir in recipes:
+            for key_dir in sorted(recipe_dir.glob("*")):
+                record = self.marker(recipe_dir.name, key_dir.name) if key_dir.is_dir() else None
+                if record is not None:
+                    yield CommittedKey(recipe_dir.name, key_dir.name, int(record.get("size_bytes", 0)), str(record.get("finished", "")))

@@ -1,0 +1,91 @@
+"""The `tiny:` models: small, deterministic models Foundry builds itself.
+
+Tests and the offline demo use only these, so nothing is ever fetched from a hub. This
+module holds their specifications as plain data, so that `foundry lint` can check vocab
+and hidden sizes of `tiny:` references without importing torch; `jobs/tiny_models.py`
+builds the weights and tokenizer from the same specification.
+
+Models of one family share one tokenizer and one shape and differ only in their seed,
+so any two of a family can be merged with every mergekit method.
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "tiny:"
+
+# Bump when the way tiny models are built changes: it is part of their cache key and of
+# every stage hash that uses them.
+BUILD_VERSION = 1
+
+_SHAPE = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4}
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    name: str
+    family: str
+    architecture: str
+    seed: int
+    config: dict[str, Any] = field(hash=False)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config["vocab_size"])
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.config.get("hidden_size", self.config.get("n_embd", 0)))
+
+
+def _llama_config() -> dict[str, Any]:
+    return {
+        "model_type": "llama",
+        "vocab_size": _SHAPE["vocab_size"],
+        "hidden_size": _SHAPE["hidden_size"],
+        "intermediate_size": _SHAPE["intermediate_size"],
+        "num_hidden_layers": _SHAPE["num_layers"],
+        "num_attention_heads": _SHAPE["num_heads"],
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": False,
+    }
+
+
+def _qwen2_config() -> dict[str, Any]:
+    return {**_llama_config(), "model_type": "qwen2", "sliding_window": None, "use_sliding_window": False}
+
+
+def _gpt2_config() -> dict[str, Any]:
+    return {
+        "model_type": "gpt2",
+        "vocab_size": _SHAPE["vocab_size"],
+        "n_embd": _SHAPE["hidden_size"],
+        "n_layer": _SHAPE["num_layers"],
+        "n_head": _SHAPE["num_heads"],
+        "n_positions": 256,
+        "n_inner": _SHAPE["intermediate_size"],
+    }
+
+
+_FAMILIES = {
+    "llama": ("LlamaForCausalLM", _llama_config),
+    "qwen2": ("Qwen2ForCausalLM", _qwen2_config),
+    "gpt2": ("GPT2LMHeadModel", _gpt2_config),
+}
+
+CATALOG: dict[str, TinySpec] = {}
+for _family, (_arch, _make_config) in _FAMILIES.items():
+    for _index, _suffix in enumerate("abc"):
+        _name = f"{_family}-{_suffix}"
+        CATALOG[_name] = TinySpec(_name, _family, _arch, seed=1000 * (list(_FAMILIES).index(_family) + 1) + _index, config=_make_config())
+
+
+def is_tiny(reference: str) -> bool:
+    return reference.startswith(PREFIX)
+
+
+def lookup(reference: str) -> TinySpec | None:
+    """The spec for `tiny:NAME`, or None when NAME is not in the catalogue."""
+    return CATALOG.get(reference[len(PREFIX):]) if is_tiny(reference) else None

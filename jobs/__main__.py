@@ -1,0 +1,3 @@
+from jobs.entry import main
+
+main()
