@@ -24,20 +24,28 @@ def load_recipe(path: Path) -> Recipe:
     """The recipe at `path`, or a UserError listing each problem on its own line."""
     source = _read(path)
     problems = _shape_problems(source)
-    recipe = None
-    if not problems:
-        data = {"name": path.stem, **source.data}
-        try:
-            recipe = Recipe.model_validate(data)
-        except ValidationError as error:
-            problems = _from_pydantic(error, source)
+    data = {"name": path.stem, **{k: v for k, v in source.data.items() if k in Recipe.model_fields}}
+    recipe, schema_problems = _validate(data, source)
+    problems += schema_problems
+    if recipe is None and schema_problems:
+        # Check what did validate, so one lint shows every mistake, not the first layer.
+        broken = {problem.loc[0] for problem in schema_problems if problem.loc}
+        recipe, _ = _validate({k: v for k, v in data.items() if k not in broken}, source)
     if recipe is not None:
-        problems = checks.check(recipe)
+        problems += checks.check(recipe)
     if problems:
+        problems.sort(key=lambda problem: source.line_of(problem.loc))
         lines = [problem.render(path, source.line_of(problem.loc)) for problem in problems]
         raise UserError(lines[0], details=lines[1:])
     assert recipe is not None
     return recipe
+
+
+def _validate(data: dict[str, Any], source: YamlSource) -> tuple[Recipe | None, list[Problem]]:
+    try:
+        return Recipe.model_validate(data), []
+    except ValidationError as error:
+        return None, _from_pydantic(error, source)
 
 
 def _read(path: Path) -> YamlSource:
@@ -78,28 +86,31 @@ def _is_safe(name: str) -> bool:
 
 
 def _from_pydantic(error: ValidationError, source: YamlSource) -> list[Problem]:
-    """One problem per field, with union member tags dropped from the field path."""
+    """One problem per field; of a union's failed branches, the one that got deepest."""
+    located = [(_data_loc(item, source.data), item) for item in error.errors(include_url=False)]
+    deepest = [
+        (loc, item) for loc, item in located
+        if not any(len(other) > len(loc) and other[: len(loc)] == loc for other, _ in located)
+    ]
     by_loc: dict[Loc, list[str]] = {}
-    for item in error.errors(include_url=False):
-        loc = _data_loc(item["loc"], source.data)
-        by_loc.setdefault(loc, [])
+    for loc, item in deepest:
         message = _message(item, loc)
-        if message not in by_loc[loc]:
+        if message not in by_loc.setdefault(loc, []):
             by_loc[loc].append(message)
-    return [Problem(loc, " or ".join(messages)) for loc, messages in by_loc.items()]
+    return [Problem(loc, "; or ".join(messages)) for loc, messages in by_loc.items()]
 
 
-def _data_loc(loc: tuple[Any, ...], data: Any) -> Loc:
-    """Keep the parts of pydantic's location that exist in the data, plus a missing leaf."""
+def _data_loc(item: Any, data: Any) -> Loc:
+    """pydantic's location without union branch tags; a missing or extra key is kept."""
     kept: list[str | int] = []
-    for part in loc:
+    parts = item["loc"]
+    for index, part in enumerate(parts):
         if isinstance(data, dict) and part in data:
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and part < len(data):
             data = data[part]
-        elif isinstance(data, dict) and isinstance(part, str) and part[:1].islower() and "[" not in part:
-            kept.append(part)
-            break
+        elif index == len(parts) - 1 and item["type"] in ("missing", "extra_forbidden"):
+            pass
         else:
             continue
         kept.append(part)

@@ -1,0 +1,1 @@
+"""The work behind each CLI command, one module per command family, imported lazily."""

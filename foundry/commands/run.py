@@ -1,0 +1,94 @@
+"""`foundry run` and `foundry plan`: a recipe on this machine, with progress and a summary."""
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from foundry.errors import USER_ERROR_EXIT_CODE
+from foundry.plan import Plan, PlannedStage, plan
+from foundry.recipe.load import load_recipe
+from foundry.runner import StageFailed, StageResult, run_plan, select_stages
+from foundry.store import Store, open_store, resolve_store_url
+
+console = Console(stderr=True, highlight=False)
+
+
+def _load(recipe_path: Path, store_flag: str | None) -> tuple[Plan, Store]:
+    recipe = load_recipe(recipe_path)
+    return plan(recipe), open_store(resolve_store_url(store_flag))
+
+
+def show_plan(recipe_path: Path, store_flag: str | None) -> None:
+    the_plan, store = _load(recipe_path, store_flag)
+    table = Table(title=f"{the_plan.recipe} (recipe hash {the_plan.recipe_hash})")
+    for column in ("stage", "key", "inputs", "state"):
+        table.add_column(column)
+    for planned in the_plan.stages:
+        inputs = ", ".join(f"{name}={source.key or source.model}" for name, source in planned.inputs.items())
+        state = "committed" if store.is_committed(the_plan.recipe, planned.key) else "to run"
+        table.add_row(planned.stage, planned.key, inputs or "-", state)
+    Console(highlight=False).print(table)
+
+
+def run_recipe(recipe_path: Path, store_flag: str | None, runs_dir: Path, *, force: bool, only: str | None, until: str | None) -> int:
+    the_plan, store = _load(recipe_path, store_flag)
+    stages = select_stages(the_plan, only, until)
+    run_dir = runs_dir / f"{the_plan.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    console.print(f"run {the_plan.recipe}: {len(stages)} stage(s), store {store.url}, logs in {run_dir}")
+    progress = _Progress()
+    try:
+        results = run_plan(the_plan, store, run_dir, stages, force=force, report=progress)
+    except StageFailed as failure:
+        progress.stop()
+        console.print(f"[red]✗ {failure.result.stage}[/] {failure.result.key} failed after {failure.result.seconds:.1f}s (exit {failure.exit_code})")
+        for line in failure.tail:
+            console.print(f"  {line}", markup=False)
+        console.print(f"  log: {failure.result.log}")
+        return USER_ERROR_EXIT_CODE if failure.is_user_error else 1
+    _summary(results)
+    return 0
+
+
+class _Progress:
+    """A spinner on a terminal, plain lines elsewhere (CI logs, pipes)."""
+
+    def __init__(self) -> None:
+        self._status = None
+
+    def __call__(self, event: str, planned: PlannedStage, result: StageResult | None) -> None:
+        if event == "start":
+            self._status = console.status(f"{planned.stage} {planned.key} running…")
+            self._status.start()
+            if not console.is_terminal:
+                console.print(f"▶ {planned.stage} {planned.key}")
+            return
+        self.stop()
+        assert result is not None
+        if result.outcome == "cached":
+            console.print(f"• {planned.stage} {planned.key} cached")
+        else:
+            console.print(f"✓ {planned.stage} {planned.key} {result.seconds:.1f}s")
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def _summary(results: list[StageResult]) -> None:
+    table = Table(title="summary")
+    for column, justify in (("stage", "left"), ("key", "left"), ("cached", "left"), ("seconds", "right"), ("output", "right")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for result in results:
+        table.add_row(result.stage, result.key, "yes" if result.outcome == "cached" else "no", f"{result.seconds:.1f}", _size(result.size_bytes))
+    Console(highlight=False).print(table)
+
+
+def _size(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024  # type: ignore[assignment]
+    return str(size)

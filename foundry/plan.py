@@ -1,0 +1,133 @@
+"""From a recipe to the DAG of stages, each under a content-hash key.
+
+A key is `<stage>-<hash>`, where the hash covers the stage's parameters, the keys of its
+inputs and the identity of the models it reads. Change anything upstream and every key
+downstream changes with it; change nothing and a re-run finds every key committed.
+"""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from foundry import modelref, tiny_catalog
+from foundry.errors import UserError
+from foundry.hashing import short_hash
+from foundry.recipe.references import distinct_sources
+from foundry.recipe.schema import Recipe
+from foundry.stagespec import STAGE_ORDER, StageInput, StageName, StageSpec
+
+# Bump a stage's number when its code changes what it writes, to invalidate old keys.
+STAGE_VERSIONS: dict[str, int] = {"merge": 1, "quantize": 1, "publish": 1}
+_NOT_YET = {"finetune": "fine-tuning", "evaluate": "evaluation"}
+
+
+@dataclass(frozen=True)
+class PlannedStage:
+    stage: StageName
+    key: str
+    inputs: dict[str, StageInput] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def spec(self, recipe: str, store_url: str) -> StageSpec:
+        return StageSpec(stage=self.stage, recipe=recipe, key=self.key, store=store_url, inputs=self.inputs, params=self.params)
+
+
+@dataclass(frozen=True)
+class Plan:
+    recipe: str
+    recipe_hash: str
+    stages: list[PlannedStage]
+
+    def stage(self, name: str) -> PlannedStage:
+        for planned in self.stages:
+            if planned.stage == name:
+                return planned
+        raise UserError(f"recipe {self.recipe} has no {name} stage; its stages are {', '.join(s.stage for s in self.stages)}")
+
+
+def plan(recipe: Recipe) -> Plan:
+    for section, what in _NOT_YET.items():
+        if getattr(recipe, section) is not None:
+            raise UserError(f"recipe {recipe.name}: {section}: {what} is not available in this Foundry version yet; remove the {section} section to run the other stages")
+    stages: list[PlannedStage] = []
+    model = _model_source(recipe, stages)
+    if recipe.quantize is not None:
+        params = {"variants": list(recipe.quantize.variants), "prompts": recipe.quantize.prompts, "trust_remote_code": recipe.trust_remote_code, "allow_pickle": recipe.allow_pickle}
+        quantize = _planned("quantize", {"model": model}, params)
+        stages.append(quantize)
+        if recipe.publish is not None:
+            stages.append(_planned("publish", {"onnx": StageInput(key=quantize.key)}, _publish_params(recipe)))
+    return Plan(recipe.name, recipe_hash(recipe), stages)
+
+
+def recipe_hash(recipe: Recipe) -> str:
+    return short_hash(recipe.model_dump(exclude_none=True), length=16)
+
+
+def _model_source(recipe: Recipe, stages: list[PlannedStage]) -> StageInput:
+    """The merged model's key, or the one model a recipe without a merge starts from."""
+    if recipe.merges:
+        config = recipe.mergekit_config()
+        params = {"mergekit": config, "allow_pickle": recipe.allow_pickle, "trust_remote_code": recipe.trust_remote_code}
+        merge = _planned("merge", {}, params, identity=_model_identities(recipe))
+        stages.append(merge)
+        return StageInput(key=merge.key)
+    model = (recipe.models or [{}])[0].get("model")
+    if not isinstance(model, str):
+        raise UserError(f"recipe {recipe.name}: models[0].model: expected a model reference string")
+    return StageInput(model=model)
+
+
+def _planned(stage: StageName, inputs: dict[str, StageInput], params: dict[str, Any], identity: Any = None) -> PlannedStage:
+    if stage not in STAGE_ORDER:
+        raise ValueError(stage)
+    material = {
+        "stage": stage,
+        "version": STAGE_VERSIONS[stage],
+        "inputs": {name: source.model_dump(exclude_none=True) for name, source in inputs.items()},
+        "input_identity": [_identity(source.model) for source in inputs.values() if source.model] + ([identity] if identity else []),
+        "params": params,
+    }
+    return PlannedStage(stage, f"{stage}-{short_hash(material)}", inputs, params)
+
+
+def _model_identities(recipe: Recipe) -> list[Any]:
+    return [_identity(text) for text in distinct_sources(recipe)]
+
+
+def _identity(reference: str) -> Any:
+    """What, beyond its name, makes a model reference mean the same weights."""
+    ref = modelref.parse(reference)
+    if ref.kind == "tiny":
+        return [reference, tiny_catalog.BUILD_VERSION]
+    if ref.kind == "local":
+        folder = ref.local_path
+        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
+        return [str(folder.resolve()), [[p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]]
+    return [reference]
+
+
+def _publish_params(recipe: Recipe) -> dict[str, Any]:
+    assert recipe.publish is not None and recipe.quantize is not None
+    publish = recipe.publish
+    entry = publish.entry.model_dump(exclude_none=True) if publish.entry else {}
+    entry.setdefault("id", recipe.name)
+    fusion = None
+    if recipe.merges:
+        fusion = {"method": recipe.merge_method, "sources": distinct_sources(recipe)}
+    return {
+        "to": _absolute(publish.to),
+        "catalog": _absolute(publish.catalog) if publish.catalog else None,
+        "shard_size_mb": publish.shard_size_mb,
+        "entry": entry,
+        "recipe_hash": recipe_hash(recipe),
+        "fusion": fusion,
+        "variants": list(recipe.quantize.variants),
+    }
+
+
+def _absolute(location: str) -> str:
+    if "://" in location and not location.startswith("file://"):
+        return location
+    return str(Path(os.path.expanduser(location.removeprefix("file://"))).resolve())
