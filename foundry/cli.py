@@ -6,7 +6,6 @@ fast and the submitter never imports torch.
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import click
 import typer
@@ -52,7 +51,7 @@ def lint(paths: list[Path] = typer.Argument(..., help="Recipe files, or folders 
 
 
 @app.command()
-def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to this file instead of standard output.")) -> None:
+def schema(output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of standard output.")) -> None:
     """Print the recipe's JSON Schema, for editors' completion and validation."""
     from foundry.commands.lint import recipe_json_schema
 
@@ -64,7 +63,7 @@ def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="W
 
 
 @app.command()
-def plan(recipe: Path = RecipeArg, store: Optional[str] = StoreOpt) -> None:
+def plan(recipe: Path = RecipeArg, store: str | None = StoreOpt) -> None:
     """Show the stages a recipe makes, their keys, and which are already committed."""
     from foundry.commands.run import show_plan
 
@@ -74,11 +73,11 @@ def plan(recipe: Path = RecipeArg, store: Optional[str] = StoreOpt) -> None:
 @app.command()
 def run(
     recipe: Path = RecipeArg,
-    store: Optional[str] = StoreOpt,
+    store: str | None = StoreOpt,
     runs_dir: Path = typer.Option(Path(".foundry/runs"), "--runs-dir", help="Where each run keeps its stage specs and logs."),
     force: bool = typer.Option(False, "--force", help="Redo the selected stages even when committed."),
-    only: Optional[str] = typer.Option(None, "--only", help="Run just this stage (its inputs must be committed)."),
-    until: Optional[str] = typer.Option(None, "--until", help="Run the stages up to and including this one."),
+    only: str | None = typer.Option(None, "--only", help="Run just this stage (its inputs must be committed)."),
+    until: str | None = typer.Option(None, "--until", help="Run the stages up to and including this one."),
 ) -> None:
     """Run a recipe's stages on this machine, skipping what is already committed."""
     from foundry.commands.run import run_recipe
@@ -87,7 +86,7 @@ def run(
 
 
 @app.command()
-def verify(target: str = typer.Argument(..., help="A published model folder, a stage key folder, or RECIPE/KEY in the store.", show_default=False), store: Optional[str] = StoreOpt) -> None:
+def verify(target: str = typer.Argument(..., help="A published model folder, a stage key folder, or RECIPE/KEY in the store.", show_default=False), store: str | None = StoreOpt) -> None:
     """Re-hash every file of a published model or stage key; name what is missing or corrupted."""
     from foundry.commands.verify import verify_target
 

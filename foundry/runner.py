@@ -9,9 +9,10 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Literal
 
 from foundry.errors import USER_ERROR_EXIT_CODE, UserError
 from foundry.plan import Plan, PlannedStage

@@ -10,11 +10,14 @@ import argparse
 import importlib
 import json
 import logging
+import os
+import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from foundry.errors import USER_ERROR_EXIT_CODE, UserError
 from foundry.stagespec import StageSpec
@@ -23,6 +26,8 @@ from jobs.models import materialize
 
 StageFunction = Callable[[StageSpec, dict[str, Path], Path], dict[str, Any]]
 LOG = logging.getLogger("foundry.stage")
+# Set to a stage name to kill that stage after it wrote its output, before it commits.
+FAULT_BEFORE_COMMIT = "FOUNDRY_FAULT_BEFORE_COMMIT"
 
 
 def stage_function(name: str) -> StageFunction:
@@ -43,6 +48,8 @@ def run_stage(spec: StageSpec) -> dict[str, Any]:
     staging = store.new_staging(spec.recipe, spec.key)
     LOG.info("stage %s: writing to %s", spec.key, staging)
     result = stage_function(spec.stage)(spec, inputs, staging)
+    if os.environ.get(FAULT_BEFORE_COMMIT) == spec.stage:
+        os.kill(os.getpid(), signal.SIGKILL)  # a crash at the worst moment, for tests
     record = build_record(
         staging, key=spec.key, stage=spec.stage, recipe=spec.recipe, started=started,
         extra={"params": spec.params, "inputs": {k: v.model_dump(exclude_none=True) for k, v in spec.inputs.items()}, "result": result},

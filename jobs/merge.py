@@ -18,6 +18,7 @@ from foundry.stagespec import StageSpec
 from jobs.models import materialize
 
 LOG = logging.getLogger("foundry.merge")
+MERGE_SEED = 0
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 
 
@@ -41,6 +42,8 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         lazy_unpickle=False,
         quiet=True,
         device="cpu",
+        # Content-addressed keys promise the same bytes for the same recipe: seed DARE's dropout.
+        random_seed=MERGE_SEED,
     )
     LOG.info("merging %s with %s", ", ".join(resolve.references), config.merge_method)
     run_merge(config, str(out), options=options, config_source=yaml.safe_dump(written, sort_keys=False))

@@ -5,8 +5,9 @@ disk, so `foundry lint` stays offline and fast. mergekit's own validation still 
 the merge stage; these checks exist to fail before anything starts, with the line.
 """
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from foundry import modelref, tiny_catalog
 from foundry.recipe.merge_methods import METHODS, PARAMETER_RANGES

@@ -1,9 +1,9 @@
 """A problem found in a recipe, and how it is told to the user: `file:line: field: what`."""
 
 import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
 
 from foundry.recipe.yamlsource import Loc
 

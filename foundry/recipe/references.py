@@ -1,6 +1,7 @@
 """Every model a recipe's mergekit part names, wherever mergekit lets it be written."""
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from foundry.recipe.schema import Recipe
 from foundry.recipe.yamlsource import Loc

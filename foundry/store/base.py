@@ -8,10 +8,11 @@ marker is present, so a crash at any point leaves nothing that looks done.
 import platform
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from foundry.hashing import sha256_file
 

@@ -9,8 +9,9 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from foundry.store.base import SUCCESS_MARKER, CommittedKey, Store
 

@@ -1,0 +1,9 @@
+"""Run every benchmark in turn: `python -m bench [NAME...]`."""
+
+import importlib
+import sys
+
+BENCHMARKS = ("bench_cli", "bench_merge")
+
+for name in sys.argv[1:] or BENCHMARKS:
+    importlib.import_module(f"bench.{name}").main()
