@@ -28,8 +28,9 @@ import time
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from foundry import __version__
 from foundry.errors import UserError

@@ -77,14 +77,23 @@ def verify(folder: Path, *, strict: bool = True) -> list[str]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         return [f"{MANIFEST_NAME}: not valid JSON ({error})"]
     entries = manifest.get("files") if isinstance(manifest, dict) else None
+    return verify_files(folder, entries, listing=MANIFEST_NAME, strict=strict)
+
+
+def verify_files(folder: Path, entries: Any, *, listing: str, strict: bool = True) -> list[str]:
+    """Check `folder` against `entries` ({path, size, sha256}) read from the file `listing`.
+
+    Shared by published folders (manifest.json) and stage keys (_SUCCESS.json), which list
+    their files in the same shape.
+    """
     if not isinstance(entries, list):
-        return [f"{MANIFEST_NAME}: has no list of files"]
+        return [f"{listing}: has no list of files"]
     problems: list[str] = []
     listed: set[str] = set()
     for entry in entries:
         path = entry.get("path", "") if isinstance(entry, dict) else ""
         if not isinstance(path, str) or _unsafe(path):
-            problems.append(f"{MANIFEST_NAME}: refuses to check {path!r}, a path outside the folder")
+            problems.append(f"{listing}: refuses to check {path!r}, a path outside the folder")
             continue
         listed.add(path)
         file = folder / path
@@ -93,20 +102,20 @@ def verify(folder: Path, *, strict: bool = True) -> list[str]:
             continue
         size = file.stat().st_size
         if size != entry.get("size"):
-            problems.append(f"{path}: size {size} bytes, the manifest says {entry.get('size')} (truncated or replaced)")
+            problems.append(f"{path}: size {size} bytes, {listing} says {entry.get('size')} (truncated or replaced)")
             continue
         if sha256_file(file) != entry.get("sha256"):
-            problems.append(f"{path}: sha256 differs from the manifest (corrupted)")
+            problems.append(f"{path}: sha256 differs from {listing} (corrupted)")
     if strict:
-        for path in list_paths(folder):
+        for path in list_paths(folder, exclude=listing):
             if path not in listed:
-                problems.append(f"{path}: not listed in the manifest")
+                problems.append(f"{path}: not listed in {listing}")
     return problems
 
 
-def list_paths(folder: Path) -> list[str]:
+def list_paths(folder: Path, exclude: str = MANIFEST_NAME) -> list[str]:
     return [
         path.relative_to(folder).as_posix()
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and path.relative_to(folder).as_posix() != MANIFEST_NAME
+        if path.is_file() and path.relative_to(folder).as_posix() != exclude
     ]

@@ -22,9 +22,10 @@ Weights are copied tensor by tensor from the source files, never loaded whole.
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import onnx
 from onnx import AttributeProto, GraphProto, ModelProto, TensorProto
@@ -239,11 +240,19 @@ def _copy_range(source: IO[bytes], target: IO[bytes], offset: int, length: int) 
         left -= len(block)
 
 
-def rechunk(src: Path, dst_dir: Path, shard_bytes: int, *, name: str | None = None) -> ChunkedModel:
+class TooManyChunks(ValueError):
+    """The plan needs more chunks than the caller allows; raised before anything is written."""
+
+    def __init__(self, name: str, count: int, limit: int) -> None:
+        super().__init__(f"{name}: {count} chunks needed, at most {limit} allowed")
+        self.count, self.limit = count, limit
+
+
+def rechunk(src: Path, dst_dir: Path, shard_bytes: int, *, name: str | None = None, max_chunks: int | None = None) -> ChunkedModel:
     """Write `src` (an ONNX model, external data beside it) to `dst_dir/<name>` with chunked data.
 
-    Returns what was written. `dst_dir` must not be the folder of `src` when the name is the
-    same (the source data is read while the chunks are written).
+    Returns what was written; raises TooManyChunks, writing nothing, when the plan needs more
+    than `max_chunks`. The output may not overwrite `src` (its data is read while writing).
     """
     src = Path(src)
     name = name or src.name
@@ -254,16 +263,18 @@ def rechunk(src: Path, dst_dir: Path, shard_bytes: int, *, name: str | None = No
     model = onnx.load_model(str(src), load_external_data=False)
     sources, inline = _sources(model, src)
     plan = plan_chunks([(source.tensor.name, source.length) for source in sources], shard_bytes)
+    if max_chunks is not None and len(plan.chunk_sizes) > max_chunks:
+        raise TooManyChunks(name, len(plan.chunk_sizes), max_chunks)
     for tensor_name, length in plan.oversized:
         LOG.warning(
-            "%s: tensor %s is %d bytes (%.1f MB), more than the shard size of %.1f MB; it gets a chunk of its own",
+            "%s: tensor %s is %d bytes (%.3g MB), more than the shard size of %.3g MB; it gets a chunk of its own",
             name, tensor_name, length, length / MIB, shard_bytes / MIB,
         )
     chunk_paths = [dst_dir / chunk_name(name, index) for index in range(len(plan.chunk_sizes))]
     handles: dict[Path, IO[bytes]] = {}
     try:
         by_chunk: dict[int, list[tuple[_Source, Placement]]] = {}
-        for source, placement in zip(sources, plan.placements):
+        for source, placement in zip(sources, plan.placements, strict=True):
             by_chunk.setdefault(placement.chunk, []).append((source, placement))
         for index, path in enumerate(chunk_paths):
             with open(path, "wb") as out:
@@ -318,7 +329,7 @@ def check_chunks(model_file: Path) -> list[str]:
         ranges.setdefault(location, []).append((offset, offset + length, tensor.name))
     for location, spans in ranges.items():
         spans.sort()
-        for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
             if start < end:
                 problems.append(f"{location}: tensors {first} and {second} overlap")
     return problems

@@ -23,6 +23,7 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"
 
 
 def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
+    import torch
     from mergekit.config import MergeConfiguration
     from mergekit.merge import run_merge
     from mergekit.options import MergeOptions
@@ -42,9 +43,10 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         lazy_unpickle=False,
         quiet=True,
         device="cpu",
-        # Content-addressed keys promise the same bytes for the same recipe: seed DARE's dropout.
-        random_seed=MERGE_SEED,
     )
+    # Content-addressed keys promise the same bytes for the same recipe: seed DARE's dropout.
+    # (Seeding torch directly; mergekit's random_seed option imports transformers' trainer.)
+    torch.manual_seed(MERGE_SEED)
     LOG.info("merging %s with %s", ", ".join(resolve.references), config.merge_method)
     run_merge(config, str(out), options=options, config_source=yaml.safe_dump(written, sort_keys=False))
     _complete_side_files(out, resolve.first_folder)
