@@ -4,9 +4,9 @@ A tiny model is a complete Hugging Face causal LM (safetensors weights, a byte-l
 tokenizer with a chat template, a generation config), small enough to build in seconds.
 Its weights are briefly trained on a synthetic corpus so that its next-token
 distributions are peaked: the quantize stage checks that ONNX variants keep the top-1
-token, which says nothing on a random model. Everything is deterministic, so a build is
-the same bytes wherever and whenever it runs, and stage hashes that name a tiny model stay
-valid. The specifications live in `foundry.tiny_catalog`, which the submitter reads
+token, which says nothing on a random model. Everything is seeded and single-threaded, so
+a build is the same bytes every time on one platform and set of library versions, and a
+stage hash that names a tiny model keeps meaning the same weights. The specifications live in `foundry.tiny_catalog`, which the submitter reads
 without importing torch.
 """
 
@@ -71,18 +71,30 @@ class _Family:
 _FAMILIES = {
     "llama": _Family(
         ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|finetune_right_pad_id|>"),
-        bos="<|begin_of_text|>", eos="<|eot_id|>", doc_end="<|end_of_text|>", pad="<|finetune_right_pad_id|>",
-        chat_template=_LLAMA_TEMPLATE, tokenizer_class=PreTrainedTokenizerFast,
+        bos="<|begin_of_text|>",
+        eos="<|eot_id|>",
+        doc_end="<|end_of_text|>",
+        pad="<|finetune_right_pad_id|>",
+        chat_template=_LLAMA_TEMPLATE,
+        tokenizer_class=PreTrainedTokenizerFast,
     ),
     "qwen2": _Family(
         ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
-        bos=None, eos="<|im_end|>", doc_end="<|endoftext|>", pad="<|endoftext|>",
-        chat_template=_CHATML_TEMPLATE, tokenizer_class=Qwen2TokenizerFast,
+        bos=None,
+        eos="<|im_end|>",
+        doc_end="<|endoftext|>",
+        pad="<|endoftext|>",
+        chat_template=_CHATML_TEMPLATE,
+        tokenizer_class=Qwen2TokenizerFast,
     ),
     "gpt2": _Family(
         ("<|endoftext|>", "<|pad|>"),
-        bos="<|endoftext|>", eos="<|endoftext|>", doc_end="<|endoftext|>", pad="<|pad|>",
-        chat_template=_PLAIN_TEMPLATE, tokenizer_class=GPT2TokenizerFast,
+        bos="<|endoftext|>",
+        eos="<|endoftext|>",
+        doc_end="<|endoftext|>",
+        pad="<|pad|>",
+        chat_template=_PLAIN_TEMPLATE,
+        tokenizer_class=GPT2TokenizerFast,
     ),
 }
 
@@ -90,14 +102,14 @@ _FAMILIES = {
 _STEPS = 150
 _BATCH = 16
 _SEQ_LEN = 64
-_LEARNING_RATE = 1e-2
+_LEARNING_RATE = 5e-3
 _CORPUS_SEED = 0  # the corpus is the same for every model; only init and batch order vary
 
 _NOUNS = "cat dog bird fish horse river tree house garden book window door table road city forest mountain child teacher farmer".split()
 _ADJECTIVES = "small big old young red green quiet happy bright dark warm cold tall slow quick".split()
 _VERBS = "sees finds likes watches follows carries paints visits helps reads".split()
 _NAMES = "Anna Ben Clara David Emma Felix Grace Henry Ida Jonas".split()
-_PLACES = "the market the park the school the library the station the beach the village".split()
+_PLACES = ["the market", "the park", "the school", "the library", "the station", "the beach", "the village"]
 
 
 def build(name: str) -> Path:
@@ -113,6 +125,7 @@ def build(name: str) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
         _write_model(spec, staging)
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide a shared cache from other users
         try:
             staging.rename(final)
         except OSError:
@@ -188,16 +201,17 @@ def _train(model: PreTrainedModel, stream: torch.Tensor, seed: int) -> None:
     order = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=_LEARNING_RATE, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=_LEARNING_RATE, total_steps=_STEPS, pct_start=0.1)
-    model.train()
+    model.eval()  # no dropout: a short run that memorises a corpus gains nothing from it
     for _ in range(_STEPS):
-        starts = torch.randint(0, len(stream) - _SEQ_LEN, (_BATCH,), generator=order)
-        batch = torch.stack([stream[start : start + _SEQ_LEN] for start in starts.tolist()])
-        loss = model(input_ids=batch, labels=batch).loss
+        starts = torch.randint(0, len(stream) - _SEQ_LEN, (_BATCH,), generator=order).tolist()
+        batch = torch.stack([stream[start : start + _SEQ_LEN] for start in starts])
+        logits = model(input_ids=batch).logits
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), batch[:, 1:].flatten())
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # gpt2 learns markedly worse without it
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-    model.eval()
 
 
 @cache
@@ -218,8 +232,8 @@ def _hf_tokenizer(family_name: str) -> PreTrainedTokenizerFast:
     """One tokenizer per family, trained once per process: every model of a family must
     share it for mergekit to merge them."""
     family = _FAMILIES[family_name]
-    vocab_size = next(spec.vocab_size for spec in CATALOG.values() if spec.family == family_name)
-    backend = _train_bpe(family, vocab_size)
+    config = next(spec.config for spec in CATALOG.values() if spec.family == family_name)
+    backend = _train_bpe(family, int(config["vocab_size"]))
     return family.tokenizer_class(
         tokenizer_object=backend,
         bos_token=family.bos,
@@ -227,7 +241,7 @@ def _hf_tokenizer(family_name: str) -> PreTrainedTokenizerFast:
         pad_token=family.pad,
         unk_token=None,
         chat_template=family.chat_template,
-        model_max_length=max(spec.config.get("max_position_embeddings", spec.config.get("n_positions", 0)) for spec in CATALOG.values()),
+        model_max_length=config.get("max_position_embeddings") or config["n_positions"],
         clean_up_tokenization_spaces=False,
     )
 
@@ -237,9 +251,7 @@ def _train_bpe(family: _Family, vocab_size: int) -> Tokenizer:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     if family.bos:
-        tokenizer.post_processor = processors.TemplateProcessing(
-            single=f"{family.bos} $A", pair=f"{family.bos} $A {family.bos} $B", special_tokens=[(family.bos, 0)]
-        )
+        tokenizer.post_processor = processors.TemplateProcessing(single=f"{family.bos} $A", pair=f"{family.bos} $A {family.bos} $B", special_tokens=[(family.bos, 0)])
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=list(family.specials),
@@ -266,8 +278,9 @@ def _corpus() -> tuple[list[str], list[Chat]]:
     return texts, chats
 
 
-def _sentence(rng: random.Random) -> str:
-    noun, other = rng.sample(_NOUNS, 2)
+def _sentence(rng: random.Random, noun: str | None = None) -> str:
+    noun = noun or rng.choice(_NOUNS)
+    other = rng.choice([candidate for candidate in _NOUNS if candidate != noun])
     patterns = [
         f"The {rng.choice(_ADJECTIVES)} {noun} {rng.choice(_VERBS)} the {other}.",
         f"{rng.choice(_NAMES)} went to {rng.choice(_PLACES)} with a {rng.choice(_ADJECTIVES)} {noun}.",
@@ -306,7 +319,7 @@ def _chat(rng: random.Random) -> Chat:
         [
             (f"What is {a}+{b}?", f"{a}+{b}={a + b}."),
             (f"Reverse the word {word}.", f"{word} reversed is {word[::-1]}."),
-            (f"Tell me about the {word}.", _sentence(rng)),
+            (f"Tell me about the {word}.", _sentence(rng, word)),
             ("Hello!", "Hello! How can I help you today?"),
         ]
     )
