@@ -1,0 +1,288 @@
+"""The quantize stage: real ONNX exports and quantizations of tiny models, run with ONNX Runtime.
+
+One llama-a run with every level this ONNX Runtime supports is shared by most tests; a
+gpt2-a run (tied embeddings, Conv1D exported as Gemm) proves a second family and is
+repeated in a fresh process to show the files are byte-identical.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from foundry.errors import UserError
+from foundry.stagespec import StageSpec
+from foundry.variants import VARIANT_FILES
+from jobs import onnx_quantize
+from jobs.quantize import REFERENCE, decoder_session, empty_past, run, supported_levels
+from jobs.tiny_models import build
+
+# Top-1 agreement with PyTorch fp32 over the default prompts (181 positions for llama-a).
+# Measured with torch 2.13.0, optimum-onnx 0.1.0, onnxruntime 1.31.1: fp16 1.000, q8 0.994,
+# q4 0.934, q2 0.757 (an earlier tiny-model build: q8 0.968, q4 0.883); the floors leave
+# room for other CPUs, library patch releases and retrained tiny models.
+AGREEMENT_FLOORS = {"fp32": 1.0, "fp16": 0.99, "q8": 0.93, "q4": 0.80}
+# Measured: fp32 4e-6, fp16 0.0067 (earlier build 0.0096).
+MAX_LOGIT_DIFF_CEILINGS = {"fp32": 1e-4, "fp16": 0.05}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _spec(**params: Any) -> StageSpec:
+    return StageSpec(stage="quantize", recipe="test", key="quantize-test", store="file:///unused", params=params)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Path]:
+    model = build("llama-a")
+    out = tmp_path_factory.mktemp("quantize-llama")
+    report = run(_spec(variants=supported_levels()), {"model": model}, out)
+    return out, report, model
+
+
+# --- layout and report ---------------------------------------------------------------------
+
+def test_layout_is_what_publish_reads(llama: tuple[Path, dict[str, Any], Path]) -> None:
+    out, report, model = llama
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (out / name).read_bytes() == (model / name).read_bytes()
+    assert not list(out.glob("*.safetensors"))
+    expected = {name for level in supported_levels() for name in (VARIANT_FILES[level], VARIANT_FILES[level] + "_data")}
+    assert {path.name for path in (out / "onnx").iterdir()} == expected
+    assert json.loads((out / "quantize.json").read_text()) == report
+
+
+def test_report(llama: tuple[Path, dict[str, Any], Path]) -> None:
+    _, report, _ = llama
+    assert report["reference"] == REFERENCE == "pytorch-fp32"
+    assert report["onnxruntime"] == ort.__version__
+    assert report["q2_supported"] is onnx_quantize.q2_supported()
+    assert report["supported_levels"] == supported_levels()
+    assert report["prompts"] == 8 and report["positions"] > 8 * 5
+    assert list(report["variants"]) == supported_levels()
+    for level, record in report["variants"].items():
+        assert record["file"] == f"onnx/{VARIANT_FILES[level]}"
+        assert record["kv_cache_dtype"] == "float32"  # fp16 too: keep_io_types
+        assert 0.0 <= record["top1_agreement"] <= 1.0 and record["max_logit_diff"] >= 0.0
+
+
+@pytest.mark.parametrize("level", list(VARIANT_FILES))
+def test_every_variant_loads_with_past_key_values(llama: tuple[Path, dict[str, Any], Path], level: str) -> None:
+    out, report, _ = llama
+    if level not in report["variants"]:
+        pytest.skip(f"{level} is not supported by onnxruntime {ort.__version__}")
+    path = out / "onnx" / VARIANT_FILES[level]
+    onnx.checker.check_model(str(path), full_check=True)
+
+    session = decoder_session(path)
+    past = [f"past_key_values.{layer}.{kind}" for layer in range(2) for kind in ("key", "value")]
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "position_ids", *past]
+    assert [o.name for o in session.get_outputs()] == ["logits", *(name.replace("past_key_values", "present") for name in past)]
+    assert {i.type for i in session.get_inputs() if i.name.startswith("past_key_values.")} == {"tensor(float)"}
+
+    # Every initializer lives in the one sibling file the publish stage re-chunks.
+    graph = onnx.load(str(path), load_external_data=False).graph
+    locations = {entry.value for tensor in graph.initializer for entry in tensor.external_data if entry.key == "location"}
+    assert all(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in graph.initializer)
+    assert locations == {VARIANT_FILES[level] + "_data"}
+    assert report["variants"][level]["size_bytes"] == path.stat().st_size + path.with_name(path.name + "_data").stat().st_size
+
+    # Two cached steps run and extend the cache.
+    tokens, _ = _greedy_onnx(session, [5, 6, 7], steps=2, eos=set())
+    assert len(tokens) == 2
+
+
+def test_agreement_above_floors(llama: tuple[Path, dict[str, Any], Path]) -> None:
+    variants = llama[1]["variants"]
+    for level, floor in AGREEMENT_FLOORS.items():
+        assert variants[level]["top1_agreement"] >= floor, (level, variants[level])
+    for level, ceiling in MAX_LOGIT_DIFF_CEILINGS.items():
+        assert variants[level]["max_logit_diff"] <= ceiling, (level, variants[level])
+    assert variants["q8"]["max_logit_diff"] < variants["q4"]["max_logit_diff"]
+
+
+def test_sizes_shrink_with_the_level(llama: tuple[Path, dict[str, Any], Path]) -> None:
+    sizes = [record["size_bytes"] for record in llama[1]["variants"].values()]
+    assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes), sizes
+
+
+def test_fp32_greedy_with_cache_equals_pytorch_generate(llama: tuple[Path, dict[str, Any], Path]) -> None:
+    out, _, model_dir = llama
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for prompt in ("A horse is", "for x in range(5):\n", "Anna went to"):
+        ids = tokenizer(prompt)["input_ids"]
+        with torch.no_grad():
+            expected = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long), max_new_tokens=16, do_sample=False)
+        expected_new = expected[0, len(ids):].tolist()
+        got, steps_with_past = _greedy_onnx(decoder_session(out / "onnx" / "model.onnx"), ids, steps=16, eos=eos)
+        assert got == expected_new, (prompt, tokenizer.decode(got), tokenizer.decode(expected_new))
+        assert steps_with_past >= 10  # the cache path was really exercised
+
+
+def _greedy_onnx(session: ort.InferenceSession, ids: list[int], *, steps: int, eos: set[int]) -> tuple[list[int], int]:
+    """Greedy decoding as transformers.js does it: the prompt once, then one token a step
+    with the previous step's `present.*` fed back as `past_key_values.*`."""
+    feeds_past = empty_past(session)
+    outputs = [o.name for o in session.get_outputs()]
+    tokens: list[int] = []
+    current, past_length, with_past = list(ids), 0, 0
+    for _ in range(steps):
+        input_ids = np.array([current], dtype=np.int64)
+        length = past_length + len(current)
+        feeds = {
+            "input_ids": input_ids,
+            "attention_mask": np.ones((1, length), dtype=np.int64),
+            "position_ids": np.arange(past_length, length, dtype=np.int64)[None, :],
+            **feeds_past,
+        }
+        with_past += past_length > 0
+        result = dict(zip(outputs, session.run(None, feeds), strict=True))
+        token = int(result["logits"][0, -1].argmax())
+        tokens.append(token)
+        if token in eos:
+            break
+        feeds_past = {name.replace("present", "past_key_values"): value for name, value in result.items() if name.startswith("present.")}
+        assert all(value.shape[2] == length for value in feeds_past.values())
+        current, past_length = [token], length
+    return tokens, with_past
+
+
+# --- a second family, and determinism --------------------------------------------------------
+
+GPT2_LEVELS = ["fp32", "fp16", "q8", "q4"]
+GPT2_PROMPTS = ["The old dog finds the", "def add(a, b):", "Anna went to the park with a"]
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted((folder / "onnx").iterdir())}
+
+
+def test_gpt2_exports_and_two_runs_are_byte_identical(tmp_path: Path) -> None:
+    model = build("gpt2-a")
+    first = tmp_path / "first"
+    report = run(_spec(variants=GPT2_LEVELS, prompts=GPT2_PROMPTS), {"model": model}, first)
+    assert report["prompts"] == 3 and list(report["variants"]) == GPT2_LEVELS
+    assert report["variants"]["fp32"]["top1_agreement"] == 1.0
+    assert report["variants"]["q4"]["top1_agreement"] >= 0.8, report["variants"]["q4"]
+    # GPT-2's Conv1D layers are Gemm nodes and its lm_head reads the tied embedding through a
+    # Transpose: all 2 x 4 projections and the lm_head must still become MatMulNBits.
+    q4 = onnx.load(str(first / "onnx" / "model_q4.onnx"), load_external_data=False)
+    assert sum(node.op_type == "MatMulNBits" for node in q4.graph.node) == 2 * 4 + 1
+    assert not any(node.op_type == "Gemm" for node in q4.graph.node)
+
+    # The second run in a fresh interpreter with another hash seed: nothing may depend on
+    # set order, time, temporary paths or the process.
+    second = tmp_path / "second"
+    script = (
+        "import sys, json; from pathlib import Path; from foundry.stagespec import StageSpec; "
+        "from jobs.quantize import run; from jobs.tiny_models import build; "
+        "spec = StageSpec.model_validate_json(sys.argv[1]); run(spec, {'model': build('gpt2-a')}, Path(sys.argv[2]))"
+    )
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    spec = _spec(variants=GPT2_LEVELS, prompts=GPT2_PROMPTS).model_dump_json()
+    subprocess.run([sys.executable, "-c", script, spec, str(second)], check=True, cwd=REPO, env=env, capture_output=True)
+    assert _hashes(first) == _hashes(second)
+
+
+def test_same_process_rerun_into_a_used_folder_is_byte_identical(llama: tuple[Path, dict[str, Any], Path], tmp_path: Path) -> None:
+    out, _, model = llama
+    again = tmp_path / "again"
+    shutil.copytree(out, again)  # stale files of the same names must be replaced, not appended to
+    run(_spec(variants=["fp32", "q4"]), {"model": model}, again)
+    hashes = _hashes(again)
+    reference = _hashes(out)
+    assert {name: hashes[name] for name in ("model.onnx", "model.onnx_data", "model_q4.onnx", "model_q4.onnx_data")} == {
+        name: reference[name] for name in ("model.onnx", "model.onnx_data", "model_q4.onnx", "model_q4.onnx_data")
+    }
+
+
+# --- errors a user can cause ---------------------------------------------------------------
+
+def _copy_model(tmp_path: Path, *, without: tuple[str, ...] = ()) -> Path:
+    source = build("llama-a")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for path in source.iterdir():
+        if path.name not in without:
+            shutil.copyfile(path, folder / path.name)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("without", "message"),
+    [
+        (("config.json",), "no config.json"),
+        (("model.safetensors",), "no weights"),
+        (("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"), "no tokenizer files"),
+    ],
+)
+def test_missing_model_files(tmp_path: Path, without: tuple[str, ...], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        run(_spec(variants=["q4"]), {"model": _copy_model(tmp_path, without=without)}, tmp_path / "out")
+
+
+def test_slow_tokenizer_files_get_a_tokenizer_json(tmp_path: Path) -> None:
+    source = build("gpt2-a")
+    model = tmp_path / "model"
+    model.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copyfile(source / name, model / name)
+    AutoTokenizer.from_pretrained(source).save_pretrained(model, legacy_format=True)  # vocab.json + merges.txt only
+    assert (model / "vocab.json").is_file() and not (model / "tokenizer.json").exists()
+    report = run(_spec(variants=["fp32"], prompts=["The old dog"]), {"model": model}, tmp_path / "out")
+    assert "tokenizer.json (converted)" in report["copied"]
+    converted = AutoTokenizer.from_pretrained(tmp_path / "out")
+    original = AutoTokenizer.from_pretrained(model)  # what transformers makes of the slow files
+    text = "Anna went to the park with a small cat. 12+7=19"
+    assert converted(text)["input_ids"] == original(text)["input_ids"]
+
+
+def test_unsupported_architecture(tmp_path: Path) -> None:
+    model = _copy_model(tmp_path)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(UserError, match=r"model type 'bert' cannot be exported .* llama") as error:
+        run(_spec(variants=["q4"]), {"model": model}, tmp_path / "out")
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"variants": ["q3"]}, "unknown variant"),
+        ({"variants": []}, "non-empty list"),
+        ({"variants": "q4"}, "non-empty list"),
+        ({"variants": ["q4"], "prompts": [""]}, "prompts"),
+        ({"variants": ["q4"], "trust_remote_code": "yes"}, "trust_remote_code"),
+    ],
+)
+def test_bad_params(tmp_path: Path, params: dict[str, Any], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        run(_spec(**params), {"model": build("llama-a")}, tmp_path / "out")
+
+
+def test_q2_refused_where_onnxruntime_cannot_run_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(onnx_quantize, "q2_supported", lambda: False)
+    with pytest.raises(UserError, match=rf"q2 .*ONNX Runtime {ort.__version__}.*fp32, fp16, q8, q4$"):
+        run(_spec(variants=["q4", "q2"]), {"model": build("llama-a")}, tmp_path / "out")
+    assert not (tmp_path / "out" / "onnx").exists()
+
+
+def test_q2_probe_is_cached_and_matches_what_runs() -> None:
+    first = onnx_quantize.q2_supported()
+    assert onnx_quantize.q2_supported() is first
+    assert onnx_quantize.q2_supported.cache_info().hits >= 1
+    assert ("q2" in supported_levels()) is first
