@@ -43,13 +43,16 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         lazy_unpickle=False,
         quiet=True,
         device="cpu",
+        # mergekit's card lists the models in set order and local paths; ours is stable.
+        write_model_card=False,
     )
     # Content-addressed keys promise the same bytes for the same recipe: seed DARE's dropout.
     # (Seeding torch directly; mergekit's random_seed option imports transformers' trainer.)
     torch.manual_seed(MERGE_SEED)
     LOG.info("merging %s with %s", ", ".join(resolve.references), config.merge_method)
-    run_merge(config, str(out), options=options, config_source=yaml.safe_dump(written, sort_keys=False))
+    run_merge(config, str(out), options=options)
     _complete_side_files(out, resolve.first_folder)
+    _write_card(out, spec.recipe, written, resolve.references)
     return {"merge_method": config.merge_method, "sources": resolve.references}
 
 
@@ -94,6 +97,18 @@ class _Resolver:
         if isinstance(source, (str, dict)) and source not in ("union", "base"):
             config["tokenizer_source"] = self.reference(source)
         return config
+
+
+def _write_card(out: Path, recipe: str, written: dict[str, Any], sources: list[str]) -> None:
+    """The configuration as the recipe wrote it, and a model card naming the sources."""
+    config_yaml = yaml.safe_dump(written, sort_keys=False)
+    (out / "mergekit_config.yml").write_text(config_yaml)
+    listed = "\n".join(f"* {source}" for source in sources)
+    (out / "README.md").write_text(
+        f"---\nlibrary_name: transformers\ntags: [mergekit, merge, foundry]\n---\n# {recipe}\n\n"
+        f"Merged by Foundry with mergekit's `{written.get('merge_method')}` method from:\n\n{listed}\n\n"
+        f"## Configuration\n\n```yaml\n{config_yaml}```\n"
+    )
 
 
 def _complete_side_files(out: Path, base: Path) -> None:

@@ -59,7 +59,9 @@ def test_layout_is_what_publish_reads(llama: tuple[Path, dict[str, Any], Path]) 
     assert not list(out.glob("*.safetensors"))
     expected = {name for level in supported_levels() for name in (VARIANT_FILES[level], VARIANT_FILES[level] + "_data")}
     assert {path.name for path in (out / "onnx").iterdir()} == expected
-    assert json.loads((out / "quantize.json").read_text()) == report
+    written = json.loads((out / "quantize.json").read_text())
+    assert written == {key: value for key, value in report.items() if key != "seconds"}
+    assert set(report["seconds"]) >= {"export", "agreement", "total"}
 
 
 def test_report(llama: tuple[Path, dict[str, Any], Path]) -> None:

@@ -86,8 +86,13 @@ def test_verify_a_stage_key_in_the_store(demo: Path) -> None:
     key = next(p.name for p in store.iterdir() if p.name.startswith("merge-"))
     result = foundry("verify", f"tiny-demo/{key}", cwd=demo)
     assert result.returncode == 0, result.stderr
-    (store / key / "config.json").write_text("{}")
-    result = foundry("verify", f"tiny-demo/{key}", cwd=demo)
+    config = store / key / "config.json"
+    original = config.read_bytes()
+    config.write_text("{}")
+    try:
+        result = foundry("verify", f"tiny-demo/{key}", cwd=demo)
+    finally:
+        config.write_bytes(original)
     assert result.returncode == 1 and "config.json: size" in result.stderr
 
 

@@ -40,7 +40,9 @@ class LocalStore(Store):
         return self._key_dir(recipe, key)
 
     def new_staging(self, recipe: str, key: str) -> Path:
-        staging = self.root / recipe / _STAGING / f"{key}.{uuid.uuid4().hex[:8]}"
+        # Named like the key itself: tools that record their output folder's name (mergekit's
+        # model card, for one) then write the same bytes whichever attempt commits.
+        staging = self.root / recipe / _STAGING / uuid.uuid4().hex[:8] / key
         staging.mkdir(parents=True)
         return staging
 
@@ -48,6 +50,7 @@ class LocalStore(Store):
         target = self._key_dir(recipe, key)
         self.discard(recipe, key)
         os.replace(staging, target)
+        staging.parent.rmdir()
         temporary = target / f".{SUCCESS_MARKER}.tmp"
         with open(temporary, "w") as handle:
             json.dump(record, handle, indent=2, sort_keys=True)
