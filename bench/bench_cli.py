@@ -28,7 +28,7 @@ def main() -> None:
         times = sorted(measured([foundry, *args], cwd=REPO)[0] for _ in range(RUNS))
         rows.append({
             "command": label, "median_s": statistics.median(times), "max_s": times[-1],
-            "goal_s": GOAL_SECONDS, "meets_goal": times[-1] < GOAL_SECONDS,
+            "goal_s": GOAL_SECONDS, "meets_goal": statistics.median(times) < GOAL_SECONDS,
             "heavy_imports": ",".join(heavy_imports(args)) or "none",
         })
     write("cli", rows)

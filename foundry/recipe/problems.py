@@ -1,6 +1,5 @@
 """A problem found in a recipe, and how it is told to the user: `file:line: field: what`."""
 
-import difflib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,5 +25,7 @@ def format_loc(loc: Loc) -> str:
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    import difflib  # only on the error path: it compiles regexes at import
+
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
