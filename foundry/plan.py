@@ -15,7 +15,7 @@ from foundry.errors import UserError
 from foundry.hashing import short_hash
 from foundry.recipe.references import distinct_sources
 from foundry.recipe.schema import Recipe
-from foundry.stagespec import STAGE_ORDER, StageInput, StageName, StageSpec
+from foundry.stagespec import StageInput, StageName, StageSpec
 
 # Bump a stage's number when its code changes what it writes, to invalidate old keys.
 STAGE_VERSIONS: dict[str, int] = {"merge": 1, "quantize": 1, "publish": 1}
@@ -58,6 +58,8 @@ def plan(recipe: Recipe) -> Plan:
         stages.append(quantize)
         if recipe.publish is not None:
             stages.append(_planned("publish", {"onnx": StageInput(key=quantize.key)}, _publish_params(recipe)))
+    if not stages:
+        raise UserError(f"recipe {recipe.name}: nothing to run; merge several models (merge_method) or add quantize: {{variants: [q4]}}")
     return Plan(recipe.name, recipe_hash(recipe), stages)
 
 
@@ -80,8 +82,6 @@ def _model_source(recipe: Recipe, stages: list[PlannedStage]) -> StageInput:
 
 
 def _planned(stage: StageName, inputs: dict[str, StageInput], params: dict[str, Any], identity: Any = None) -> PlannedStage:
-    if stage not in STAGE_ORDER:
-        raise ValueError(stage)
     material = {
         "stage": stage,
         "version": STAGE_VERSIONS[stage],

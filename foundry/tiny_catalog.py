@@ -75,11 +75,17 @@ _FAMILIES = {
     "gpt2": ("GPT2LMHeadModel", _gpt2_config),
 }
 
-CATALOG: dict[str, TinySpec] = {}
-for _family, (_arch, _make_config) in _FAMILIES.items():
-    for _index, _suffix in enumerate("abc"):
-        _name = f"{_family}-{_suffix}"
-        CATALOG[_name] = TinySpec(_name, _family, _arch, seed=1000 * (list(_FAMILIES).index(_family) + 1) + _index, config=_make_config())
+def _catalog() -> dict[str, TinySpec]:
+    """Three seeds per family: enough for every mergekit method (a base plus two models)."""
+    specs = {}
+    for family_index, (family, (architecture, make_config)) in enumerate(_FAMILIES.items()):
+        for seed_index, suffix in enumerate("abc"):
+            name = f"{family}-{suffix}"
+            specs[name] = TinySpec(name, family, architecture, seed=1000 * (family_index + 1) + seed_index, config=make_config())
+    return specs
+
+
+CATALOG: dict[str, TinySpec] = _catalog()
 
 
 def is_tiny(reference: str) -> bool:

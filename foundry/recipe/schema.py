@@ -6,7 +6,7 @@ what mergekit accepts, without importing mergekit.
 """
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -91,7 +91,7 @@ def _refuse_q3(value: Any) -> Any:
 
 
 class QuantizeSpec(Section):
-    variants: list[Annotated[QuantLevel, Field()]] = Field(min_length=1)
+    variants: list[QuantLevel] = Field(min_length=1)
     # The prompts on which each variant's agreement with the fp32 model is measured.
     prompts: list[str] | None = None
 

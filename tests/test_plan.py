@@ -1,0 +1,66 @@
+"""Stage keys: the same recipe gives the same keys; any upstream change moves every key below it."""
+
+from pathlib import Path
+
+import pytest
+
+from foundry.errors import UserError
+from foundry.plan import plan
+from foundry.recipe.load import load_recipe
+
+BASE = """
+models: [{model: tiny:llama-a}, {model: tiny:llama-b}]
+merge_method: slerp
+base_model: tiny:llama-a
+parameters: {t: 0.4}
+quantize: {variants: [q4]}
+publish: {to: ./out}
+"""
+
+
+def keys(tmp_path: Path, text: str, name: str = "r") -> dict[str, str]:
+    path = tmp_path / f"{name}.yml"
+    path.write_text(text)
+    return {stage.stage: stage.key for stage in plan(load_recipe(path)).stages}
+
+
+def test_same_recipe_same_keys_and_key_shape(tmp_path: Path) -> None:
+    first, second = keys(tmp_path, BASE), keys(tmp_path, BASE)
+    assert first == second
+    assert list(first) == ["merge", "quantize", "publish"]
+    assert all(key.startswith(f"{stage}-") and len(key) == len(stage) + 13 for stage, key in first.items())
+
+
+def test_a_merge_parameter_changes_every_key(tmp_path: Path) -> None:
+    before, after = keys(tmp_path, BASE), keys(tmp_path, BASE.replace("t: 0.4", "t: 0.5"))
+    assert all(before[stage] != after[stage] for stage in before)
+
+
+def test_a_publish_change_moves_only_publish(tmp_path: Path) -> None:
+    before, after = keys(tmp_path, BASE), keys(tmp_path, BASE.replace("to: ./out", "to: ./elsewhere"))
+    assert before["merge"] == after["merge"] and before["quantize"] == after["quantize"]
+    assert before["publish"] != after["publish"]
+
+
+def test_a_single_model_recipe_starts_from_the_model(tmp_path: Path) -> None:
+    path = tmp_path / "single.yml"
+    path.write_text("models: [{model: tiny:gpt2-a}]\nquantize: {variants: [q8]}\n")
+    the_plan = plan(load_recipe(path))
+    assert [s.stage for s in the_plan.stages] == ["quantize"]
+    assert the_plan.stages[0].inputs["model"].model == "tiny:gpt2-a"
+
+
+def test_nothing_to_run_is_said(tmp_path: Path) -> None:
+    path = tmp_path / "idle.yml"
+    path.write_text("models: [{model: tiny:gpt2-a}]\n")
+    with pytest.raises(UserError, match="nothing to run"):
+        plan(load_recipe(path))
+
+
+def test_stages_of_later_versions_are_refused_clearly(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text("{}\n")
+    path = tmp_path / "ft.yml"
+    path.write_text(f"models: [{{model: tiny:gpt2-a}}]\nfinetune: {{dataset: {data}}}\nquantize: {{variants: [q8]}}\n")
+    with pytest.raises(UserError, match="finetune: fine-tuning is not available"):
+        plan(load_recipe(path))
