@@ -12,7 +12,7 @@ from foundry.recipe.load import load_recipe
 from foundry.runner import StageFailed, StageResult, run_plan, select_stages
 from foundry.store import Store, open_store, resolve_store_url
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def _load(recipe_path: Path, store_flag: str | None) -> tuple[Plan, Store]:
