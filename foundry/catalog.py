@@ -10,8 +10,8 @@ The shape web clients already read (kept, keys added beside it):
                                    "sha256": "...", "top1_agreement": 0.98}},
                "recipe_hash": "...", "published": "2025-01-01T00:00:00Z"}}
 
-The module keeps three things apart, so that an S3 store (a conditional PUT on the object's
-ETag instead of a lock) can reuse the middle one:
+The module keeps three things apart, so that a catalogue in a bucket (foundry/s3/catalog.py:
+a conditional PUT on the object's ETag instead of a lock) reuses the middle one:
 - parsing and dumping the document (`parse`, `dump`);
 - the merge, pure (`merge_entry`, `remove_entry`): every other entry is kept as it was;
 - local storage (`read`, `write`, `locked`, `update`): an fcntl lock file beside the
@@ -51,7 +51,7 @@ def local_path(location: str | os.PathLike[str], what: str = "publish.to") -> Pa
         raise UserError(f"{what}: empty location; give a local folder or a file:// URL")
     scheme = urllib.parse.urlsplit(text).scheme
     if scheme == "s3":
-        raise UserError(f"{what}: {text}: publishing to s3:// is not supported yet; publish to a local folder or file:// URL and sync it")
+        raise UserError(f"{what}: {text}: an s3:// URL where a local path is needed (foundry/s3/catalog.py handles catalogues in buckets)")
     if scheme == "file":
         parts = urllib.parse.urlsplit(text)
         if parts.netloc not in ("", "localhost"):

@@ -9,7 +9,7 @@ import json
 import os
 import time
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, Protocol
 
 from foundry import __version__
 from foundry.hashing import sha256_file
@@ -80,40 +80,71 @@ def verify(folder: Path, *, strict: bool = True) -> list[str]:
     return verify_files(folder, entries, listing=MANIFEST_NAME, strict=strict)
 
 
+class FileSource(Protocol):
+    """Where the files being checked live: a local folder, or an S3 prefix (foundry/s3/files.py)."""
+
+    def sizes(self) -> dict[str, int]:
+        """Every file present, by posix path relative to the folder, with its size."""
+
+    def digests(self, paths: list[str]) -> dict[str, str | None]:
+        """The sha256 of each of `paths`; None for one that vanished since `sizes`."""
+
+
+class LocalFiles:
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def sizes(self) -> dict[str, int]:
+        return {path: (self.folder / path).stat().st_size for path in list_paths(self.folder, exclude="")}
+
+    def digests(self, paths: list[str]) -> dict[str, str | None]:
+        return {path: sha256_file(self.folder / path) for path in paths}
+
+
 def verify_files(folder: Path, entries: Any, *, listing: str, strict: bool = True) -> list[str]:
     """Check `folder` against `entries` ({path, size, sha256}) read from the file `listing`.
 
     Shared by published folders (manifest.json) and stage keys (_SUCCESS.json), which list
     their files in the same shape.
     """
+    return verify_source(LocalFiles(folder), entries, listing=listing, strict=strict)
+
+
+def verify_source(source: FileSource, entries: Any, *, listing: str, strict: bool = True) -> list[str]:
+    """`verify_files` for any FileSource: sizes first, then hashes of the files whose size is right."""
     if not isinstance(entries, list):
         return [f"{listing}: has no list of files"]
-    problems: list[str] = []
+    present = source.sizes()
+    problems: list[list[str]] = []
     listed: set[str] = set()
+    to_hash: dict[str, tuple[int, Any]] = {}
     for entry in entries:
+        problems.append([])
         path = entry.get("path", "") if isinstance(entry, dict) else ""
         if not isinstance(path, str) or _unsafe(path):
-            problems.append(f"{listing}: refuses to check {path!r}, a path outside the folder")
+            problems[-1].append(f"{listing}: refuses to check {path!r}, a path outside the folder")
             continue
         listed.add(path)
-        file = folder / path
-        if not file.is_file():
-            problems.append(f"{path}: missing")
-            continue
-        size = file.stat().st_size
-        if size != entry.get("size"):
-            problems.append(f"{path}: size {size} bytes, {listing} says {entry.get('size')} (truncated or replaced)")
-            continue
-        if sha256_file(file) != entry.get("sha256"):
-            problems.append(f"{path}: sha256 differs from {listing} (corrupted)")
+        if path not in present:
+            problems[-1].append(f"{path}: missing")
+        elif present[path] != entry.get("size"):
+            problems[-1].append(f"{path}: size {present[path]} bytes, {listing} says {entry.get('size')} (truncated or replaced)")
+        else:
+            to_hash[path] = (len(problems) - 1, entry.get("sha256"))
+    for path, digest in source.digests(list(to_hash)).items():
+        index, expected = to_hash[path]
+        if digest is None:
+            problems[index].append(f"{path}: missing")
+        elif digest != expected:
+            problems[index].append(f"{path}: sha256 differs from {listing} (corrupted)")
+    flat = [problem for entry_problems in problems for problem in entry_problems]
     if strict:
-        for path in list_paths(folder, exclude=listing):
-            if path not in listed:
-                problems.append(f"{path}: not listed in {listing}")
-    return problems
+        flat += [f"{path}: not listed in {listing}" for path in sorted(present) if path != listing and path not in listed]
+    return flat
 
 
 def list_paths(folder: Path, exclude: str = MANIFEST_NAME) -> list[str]:
+    """Every file under `folder` as a sorted posix path, but `exclude`."""
     return [
         path.relative_to(folder).as_posix()
         for path in sorted(folder.rglob("*"))

@@ -17,7 +17,12 @@ The copy lands in a hidden sibling folder first and is swapped in by rename, the
 `models.json` is rewritten under a lock (foundry/catalog.py). The folder swap and the
 catalogue write happen under the same lock, so concurrent publishers serialise there.
 
-Params: `to` (folder or file:// URL), `shard_size_mb`, `catalog` (default `<to>/models.json`),
+When `to` is `s3://BUCKET/PREFIX` the folder is uploaded instead to
+`<to>/<entry id>/<version>/`, the version a hash of its files, every file before the
+manifest and `models.json` rewritten last by compare-and-swap (foundry/s3/publish.py), so
+no client sees an entry whose files are not all there; the catalogue is then in the bucket.
+
+Params: `to` (folder, file:// or s3:// URL), `shard_size_mb`, `catalog` (default `<to>/models.json`),
 `entry` {id, name, key, description}, `recipe_hash`, `fusion` {method, sources} | null,
 `variants` (levels), and optionally `base_url` (the URL prefix of `to`, when the folder-name
 rule of catalog.base_url does not fit the web server).
@@ -32,7 +37,7 @@ import shutil
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundry import catalog, manifest
 from foundry.errors import UserError
@@ -40,6 +45,9 @@ from foundry.hashing import sha256_file
 from foundry.stagespec import StageSpec
 from foundry.variants import ONNX_FOLDER, TRANSFORMERS_JS_DTYPE, VARIANT_FILES
 from jobs.external_data import MIB, ChunkedModel, TooManyChunks, check_chunks, kv_cache_float16, rechunk
+
+if TYPE_CHECKING:
+    from foundry.s3.publish import S3Target
 
 LOG = logging.getLogger("foundry.publish")
 
@@ -53,8 +61,10 @@ TJS_CONFIG = "transformers.js_config"
 def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     params = spec.params
     source = _input_folder(inputs)
-    to = catalog.local_path(_required(params, "to"), "publish.to")
-    catalog_path = catalog.local_path(params.get("catalog") or to / catalog.CATALOG_NAME, "publish.catalog")
+    remote = _s3_target(_required(params, "to"), params.get("catalog"))
+    if remote is None:
+        to = catalog.local_path(params["to"], "publish.to")
+        catalog_path = catalog.local_path(params.get("catalog") or to / catalog.CATALOG_NAME, "publish.catalog")
     shard_bytes = _shard_bytes(params.get("shard_size_mb", DEFAULT_SHARD_SIZE_MB))
     entry_params = params.get("entry") or {}
     if not isinstance(entry_params, dict):
@@ -62,8 +72,10 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     model_id = catalog.validate_id(entry_params.get("id") or spec.recipe)
     key = entry_params.get("key") or model_id
     name = entry_params.get("name") or model_id
-    # Fail before any heavy work when the catalogue cannot be merged into.
-    catalog.read(catalog_path)
+    # Fail before any heavy work when the catalogue cannot be merged into (for a bucket,
+    # _s3_target has read it already).
+    if remote is None:
+        catalog.read(catalog_path)
 
     report = _quantize_report(source)
     levels = _levels(params.get("variants"), report, source)
@@ -95,20 +107,28 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         id=model_id, name=name, default_variant=default, fusion=params.get("fusion"),
     ))
 
-    # 3. The copy, swapped in whole; 4. the catalogue, under the same lock.
-    base = _base_url(params.get("base_url"), to, catalog_path, model_id)
+    # 3. The copy, swapped in whole (or uploaded to a new content-addressed folder of the
+    # bucket); 4. the catalogue, under the same lock (or by compare-and-swap).
+    if remote is None:
+        base = _base_url(params.get("base_url"), to, catalog_path, model_id)
+    else:
+        version = remote.version(out)
+        base = _base_url(params.get("base_url"), *remote.as_paths(), model_id) + f"{version}/"
     entry = catalog.build_entry(
         model_id=model_id, name=name, description=entry_params.get("description"),
         size_mb=_mb(chunked[default].size_bytes + shared_bytes), base=base,
         variants={level: _catalog_variant(record, shared_bytes) for level, record in variants_manifest.items()},
         default_variant=default, recipe_hash=params.get("recipe_hash"), fusion=params.get("fusion"),
     )
-    published = _publish_folder(out, to, model_id, catalog_path, key, entry)
+    if remote is None:
+        published, catalog_location = str(_publish_folder(out, to, model_id, catalog_path, key, entry)), str(catalog_path)
+    else:
+        published, catalog_location = remote.publish(out, model_id, version, key, entry), remote.catalog.url
     files = manifest.list_paths(out)
-    LOG.info("publish: %s published at %s, entry %r in %s", model_id, published, key, catalog_path)
+    LOG.info("publish: %s published at %s, entry %r in %s", model_id, published, key, catalog_location)
     return {
-        "published": str(published),
-        "catalog": str(catalog_path),
+        "published": published,
+        "catalog": catalog_location,
         "entry_key": key,
         "id": model_id,
         "base_url": base,
@@ -125,6 +145,15 @@ def _required(params: dict[str, Any], name: str) -> Any:
     if params.get(name) in (None, ""):
         raise UserError(f"publish.{name}: required")
     return params[name]
+
+
+def _s3_target(to: Any, catalog_location: Any) -> "S3Target | None":
+    """The bucket to publish to, checked now; None for a local folder (boto3 not imported)."""
+    if not (str(to).startswith("s3://") or str(catalog_location or "").startswith("s3://")):
+        return None
+    from foundry.s3 import publish as s3_publish
+
+    return s3_publish.open_target(to, catalog_location) if s3_publish.wants_s3(to, catalog_location) else None
 
 
 def _input_folder(inputs: dict[str, Path]) -> Path:

@@ -126,7 +126,7 @@ def test_locations():
     assert catalog.local_path("/srv/www/models") == Path("/srv/www/models")
     assert catalog.local_path("file:///srv/www/models/") == Path("/srv/www/models")
     assert catalog.local_path("relative/models") == Path("relative/models")
-    with pytest.raises(UserError, match="s3:// is not supported yet"):
+    with pytest.raises(UserError, match="an s3:// URL where a local path is needed"):
         catalog.local_path("s3://bucket/models/")
     with pytest.raises(UserError, match="unsupported scheme"):
         catalog.local_path("https://example.com/models/")

@@ -360,11 +360,6 @@ def test_ids_that_would_escape_are_refused(quantized, tmp_path, model_id):
     assert not (tmp_path / "escape").exists()
 
 
-def test_s3_is_refused_for_now(quantized, tmp_path):
-    with pytest.raises(UserError, match="s3:// is not supported yet"):
-        publish_once(quantized, tmp_path, tmp_path, to="s3://bucket/models/")
-
-
 def test_file_url_and_defaults(quantized, tmp_path):
     site = tmp_path / "www"
     summary = publish_once(quantized, site, tmp_path, to=(site / "llm").as_uri(), catalog=str(site / "models.json"),

@@ -1,20 +1,21 @@
 """The artifact store every stage reads from and commits to.
 
-`open_store(url)` picks the implementation from the URL's scheme. Only `file://` (or a
-plain path) exists so far; `s3://` plugs in here with the same commit discipline.
+`open_store(url)` picks the implementation from the URL's scheme: a plain path or `file://`
+(store/local.py), or `s3://BUCKET/PREFIX` (store/s3.py, imported only then, so commands
+that never touch S3 never import boto3), both with the same commit discipline.
 """
 
 import os
 from pathlib import Path
 
 from foundry.errors import UserError
-from foundry.store.base import SUCCESS_MARKER, CommittedKey, Store, build_record
+from foundry.store.base import SUCCESS_MARKER, CommittedKey, Leftover, Store, build_record
 from foundry.store.local import LocalStore
 
 DEFAULT_STORE = "./.foundry/store"
 STORE_ENV = "FOUNDRY_STORE"
 
-__all__ = ["SUCCESS_MARKER", "CommittedKey", "Store", "build_record", "open_store", "resolve_store_url"]
+__all__ = ["SUCCESS_MARKER", "CommittedKey", "Leftover", "Store", "build_record", "open_store", "resolve_store_url"]
 
 
 def resolve_store_url(flag: str | None) -> str:
@@ -24,7 +25,10 @@ def resolve_store_url(flag: str | None) -> str:
 
 def open_store(url: str) -> Store:
     if url.startswith("s3://"):
-        raise UserError(f"store {url}: s3:// stores are not available in this version; use a local folder or file:// URL")
+        from foundry.s3.client import parse
+        from foundry.store.s3 import S3Store
+
+        return S3Store(parse(url, f"store {url}"))
     if "://" in url and not url.startswith("file://"):
         raise UserError(f"store {url}: unsupported scheme; expected a local folder, file://PATH or s3://BUCKET/PREFIX")
     return LocalStore(Path(url.removeprefix("file://")))

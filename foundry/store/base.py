@@ -33,6 +33,18 @@ class CommittedKey:
     finished: str
 
 
+@dataclass(frozen=True)
+class Leftover:
+    """Something a crash or an interrupted run left behind: never trusted, safe to delete."""
+
+    recipe: str
+    name: str           # the key, or the staging folder or upload it belongs to
+    kind: str           # "uncommitted key", "staging folder" or "unfinished upload"
+    size_bytes: int
+    modified: float     # seconds since the epoch, of the newest part
+    handle: str         # what `remove_leftover` needs to find it again
+
+
 class Store(ABC):
     url: str
 
@@ -64,8 +76,50 @@ class Store(ABC):
     def location(self, recipe: str, key: str) -> str:
         """Where a key lives, for people to read."""
 
+    @abstractmethod
+    def verify(self, recipe: str, key: str) -> list[str]:
+        """Re-hash a committed key's files where they are stored; one line per problem."""
+
+    @abstractmethod
+    def leftovers(self) -> Iterator[Leftover]:
+        """What crashes left: keys without a marker, staging folders, unfinished uploads."""
+
+    @abstractmethod
+    def remove_leftover(self, leftover: Leftover) -> None:
+        """Delete one thing `leftovers` listed."""
+
+    @abstractmethod
+    def put_document(self, path: str, document: dict[str, Any]) -> None:
+        """Write a small JSON document at `path` ('/'-separated, relative to the store), whole.
+
+        For records kept beside the artifacts, such as a run's status (`_runs/...`, a name no
+        recipe can take): a reader sees the previous document or the new one, never a mix.
+        """
+
+    @abstractmethod
+    def get_document(self, path: str) -> dict[str, Any] | None:
+        """The document at `path`, or None when there is none."""
+
+    @abstractmethod
+    def list_documents(self, prefix: str) -> list[str]:
+        """The paths of the documents under the folder `prefix`, sorted."""
+
     def is_committed(self, recipe: str, key: str) -> bool:
         return self.marker(recipe, key) is not None
+
+
+def is_recipe_folder(name: str) -> bool:
+    """Recipe names start with a letter or digit; other top-level names (`_runs`, dot-folders)
+    hold the store's own records, never stage keys."""
+    return name[:1].isalnum()
+
+
+def document_parts(path: str) -> list[str]:
+    """A document path's parts, refusing any that would leave the store."""
+    parts = path.strip("/").split("/")
+    if path.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"not a relative document path: {path!r}")
+    return parts
 
 
 def library_versions() -> dict[str, str]:

@@ -1,0 +1,160 @@
+"""What `foundry gc` may delete from a store, and why. Nothing is deleted until `collect`'s
+answer is handed to `delete`.
+
+Garbage is of two kinds:
+- leftovers of crashes: keys without a marker, staging folders, unfinished multipart uploads;
+- committed keys nothing refers to: no recipe of the recipes folder plans them (with its
+  current parameters, at any point of its sweep), and no catalogue lists the model they
+  published, nor, through a publish key's inputs, one made from them.
+Anything younger than `older_than` is kept whatever it is: it may belong to a run in flight.
+A recipe that does not plan, or a catalogue that cannot be read, keeps what it might refer to.
+"""
+
+import calendar
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from foundry import catalog
+from foundry.errors import UserError
+from foundry.store import CommittedKey, Leftover, Store
+
+UNREFERENCED = "unreferenced key"
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    recipe: str
+    name: str
+    kind: str                       # a Leftover's kind, or UNREFERENCED
+    size_bytes: int
+    age_seconds: float
+    leftover: Leftover | None = None
+
+
+@dataclass
+class Collection:
+    doomed: list[Candidate] = field(default_factory=list)
+    recent: list[Candidate] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(item.size_bytes for item in self.doomed)
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in '90s', '30m', '6h', '2d', '1w' or a bare number of seconds."""
+    match = _DURATION.match(text)
+    if not match:
+        raise UserError(f"--older-than {text!r}: expected a duration such as 30m, 6h, 2d or 0")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def collect(store: Store, recipes_dir: Path, *, older_than: float, now: float | None = None) -> Collection:
+    now = time.time() if now is None else now
+    found = Collection()
+    planned, protected = _planned_keys(recipes_dir, found.warnings)
+    committed = list(store.list_committed())
+    kept = planned | _published_keys(store, committed, found.warnings)
+    candidates = [
+        Candidate(item.recipe, item.key, UNREFERENCED, item.size_bytes, now - _timestamp(item.finished, now))
+        for item in committed
+        if (item.recipe, item.key) not in kept and item.recipe not in protected
+    ]
+    candidates += [Candidate(item.recipe, item.name, item.kind, item.size_bytes, now - item.modified, item) for item in store.leftovers()]
+    for candidate in candidates:
+        (found.doomed if candidate.age_seconds >= older_than else found.recent).append(candidate)
+    return found
+
+
+def delete(store: Store, doomed: Iterable[Candidate]) -> None:
+    for candidate in doomed:
+        if candidate.leftover is not None:
+            store.remove_leftover(candidate.leftover)
+        else:
+            store.discard(candidate.recipe, candidate.name)
+
+
+def _planned_keys(recipes_dir: Path, warnings: list[str]) -> tuple[set[tuple[str, str]], set[str]]:
+    """(recipe, key) of every stage the recipes plan, and the names of recipes that would not plan."""
+    from foundry.commands.lint import recipe_files
+    from foundry.plan import plan
+    from foundry.recipe.load import load_recipe
+    from foundry.sweep import expand
+
+    if not recipes_dir.is_dir():
+        raise UserError(f"--recipes {recipes_dir}: no such folder; gc keeps every key its recipes plan, so it needs them")
+    keys: set[tuple[str, str]] = set()
+    protected: set[str] = set()
+    for path in recipe_files([recipes_dir]):
+        try:
+            plans = [plan(point.recipe) for point in expand(load_recipe(path))]    # every point of a sweep
+        except UserError as error:
+            protected.add(path.stem)
+            warnings.append(f"{path}: {error.lines()[0]}; keeping every key of recipe {path.stem}")
+            continue
+        keys |= {(the_plan.recipe, stage.key) for the_plan in plans for stage in the_plan.stages}
+    return keys, protected
+
+
+def _published_keys(store: Store, committed: list[CommittedKey], warnings: list[str]) -> set[tuple[str, str]]:
+    """Publish keys whose model a catalogue lists now, and every key they were made from."""
+    catalogs: dict[str, dict[str, Any] | None] = {}
+    kept: set[tuple[str, str]] = set()
+    for item in committed:
+        if not item.key.startswith("publish-"):
+            continue
+        marker = store.marker(item.recipe, item.key) or {}
+        result = marker.get("result") or {}
+        location, entry_key = result.get("catalog"), result.get("entry_key")
+        if not isinstance(location, str) or not isinstance(entry_key, str):
+            continue
+        if location not in catalogs:
+            catalogs[location] = _read_catalog(location, warnings)
+        listed = catalogs[location]
+        if listed is None or _lists(listed.get(entry_key), marker):
+            _with_inputs(store, item.recipe, item.key, marker, kept)
+    return kept
+
+
+def _lists(entry: Any, marker: dict[str, Any]) -> bool:
+    """Whether a catalogue entry is the model this publish key made: same URL, same bytes."""
+    if not isinstance(entry, dict) or entry.get("urls", {}).get("base") != (marker.get("result") or {}).get("base_url"):
+        return False
+    files = {item.get("path"): item.get("sha256") for item in marker.get("files", []) if isinstance(item, dict)}
+    variants = entry.get("variants") or {}
+    return all(isinstance(v, dict) and files.get(v.get("file")) == v.get("sha256") for v in variants.values())
+
+
+def _with_inputs(store: Store, recipe: str, key: str, marker: dict[str, Any], kept: set[tuple[str, str]]) -> None:
+    kept.add((recipe, key))
+    for source in (marker.get("inputs") or {}).values():
+        upstream = source.get("key") if isinstance(source, dict) else None
+        if isinstance(upstream, str) and (recipe, upstream) not in kept:
+            _with_inputs(store, recipe, upstream, store.marker(recipe, upstream) or {}, kept)
+
+
+def _read_catalog(location: str, warnings: list[str]) -> dict[str, Any] | None:
+    try:
+        if location.startswith("s3://"):
+            from foundry.s3 import catalog as s3catalog
+            from foundry.s3.client import client, parse
+
+            return s3catalog.read(client(), parse(location, "catalog"))[0]
+        return catalog.read(Path(location))
+    except Exception as error:  # noqa: BLE001 - unreadable: keep what it may list, and say so
+        warnings.append(f"catalog {location}: cannot be read ({str(error).splitlines()[0]}); keeping every key that published to it")
+        return None
+
+
+def _timestamp(iso: str, default: float) -> float:
+    try:
+        return float(calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")))
+    except ValueError:
+        return default          # unknown age: treated as new, so kept

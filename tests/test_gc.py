@@ -1,0 +1,119 @@
+"""`foundry gc` on a local store: what recipes plan and catalogues list is kept, crash leftovers
+and orphans are listed, and deleted only when asked (the s3 side runs in test_run_s3.py)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from foundry import catalog, gc
+from foundry.errors import UserError
+from foundry.plan import plan
+from foundry.recipe.load import load_recipe
+from foundry.store import Store, build_record, open_store
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def commit(store: Store, recipe: str, key: str, files: dict[str, bytes], **extra: object) -> dict:
+    staging = store.new_staging(recipe, key)
+    for name, data in files.items():
+        (staging / name).parent.mkdir(parents=True, exist_ok=True)
+        (staging / name).write_bytes(data)
+    return store.commit(recipe, key, staging, build_record(staging, key=key, stage=key.partition("-")[0], recipe=recipe, started=0.0, extra=dict(extra)))
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[Store, Path, list[str]]:
+    """A store holding the keys the demo recipe plans (stand-in bytes), and its recipes folder."""
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    shutil.copy(REPO / "recipes" / "tiny-demo.yml", recipes)
+    store = open_store(str(tmp_path / "store"))
+    planned = [stage.key for stage in plan(load_recipe(recipes / "tiny-demo.yml")).stages]
+    for key in planned:
+        commit(store, "tiny-demo", key, {"x.bin": key.encode()})
+    return store, recipes, planned
+
+
+def names(found: gc.Collection) -> list[tuple[str, str, str]]:
+    return sorted((item.kind, item.recipe, item.name) for item in found.doomed)
+
+
+def test_planned_keys_are_kept_orphans_and_leftovers_listed_and_deleted_only_when_asked(setup: tuple[Store, Path, list[str]]) -> None:
+    store, recipes, planned = setup
+    commit(store, "tiny-demo", "merge-0ld0ld0ld0ld", {"model.safetensors": b"old"})
+    commit(store, "gone-recipe", "merge-123412341234", {"model.safetensors": b"orphan"})
+    (store.root / "tiny-demo" / "quantize-cr45h").mkdir()
+    (store.root / "tiny-demo" / "quantize-cr45h" / "part.onnx").write_bytes(b"half")
+    store.new_staging("tiny-demo", "merge-abc")
+    found = gc.collect(store, recipes, older_than=0)
+    assert names(found) == [
+        ("staging folder", "tiny-demo", names(found)[0][2]),
+        ("uncommitted key", "tiny-demo", "quantize-cr45h"),
+        ("unreferenced key", "gone-recipe", "merge-123412341234"),
+        ("unreferenced key", "tiny-demo", "merge-0ld0ld0ld0ld"),
+    ]
+    assert found.size_bytes == len(b"old") + len(b"orphan") + len(b"half") and found.recent == [] and found.warnings == []
+    assert gc.collect(store, recipes, older_than=3600).doomed == [], "nothing younger than the limit is touched"
+    gc.delete(store, found.doomed)
+    assert sorted(key.key for key in store.list_committed()) == sorted(planned) and list(store.leftovers()) == []
+
+
+def test_a_published_model_keeps_its_keys_while_a_catalogue_lists_it(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    models = tmp_path / "site" / "models.json"
+    commit(store, "old", "merge-aaaaaaaaaaaa", {"m.safetensors": b"m"})
+    commit(store, "old", "quantize-bbbbbbbbbbbb", {"onnx/model_q4.onnx": b"q"}, inputs={"model": {"key": "merge-aaaaaaaaaaaa"}})
+    marker = commit(store, "old", "publish-cccccccccccc", {"onnx/model_q4.onnx": b"q4"}, inputs={"onnx": {"key": "quantize-bbbbbbbbbbbb"}},
+                    result={"catalog": str(models), "entry_key": "old-q4", "base_url": "/models/old-q4/"})
+    sha = next(entry["sha256"] for entry in marker["files"])
+    entry = {"id": "old-q4", "urls": {"base": "/models/old-q4/"}, "variants": {"q4": {"file": "onnx/model_q4.onnx", "sha256": sha}}}
+    catalog.write(models, {"old-q4": entry, "other": {"id": "x"}})
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    shutil.copy(REPO / "recipes" / "dev-polyglot-v1.yml", recipes)
+    assert gc.collect(store, recipes, older_than=0).doomed == [], "the catalogue lists it: it and what it was made from stay"
+
+    catalog.write(models, {"old-q4": {**entry, "variants": {"q4": {"file": "onnx/model_q4.onnx", "sha256": "0" * 64}}}})
+    assert [item.name for item in gc.collect(store, recipes, older_than=0).doomed] == ["merge-aaaaaaaaaaaa", "publish-cccccccccccc", "quantize-bbbbbbbbbbbb"], \
+        "a catalogue entry replaced by another publish no longer refers to these keys"
+
+    models.write_text("{broken")
+    found = gc.collect(store, recipes, older_than=0)
+    assert found.doomed == [] and "cannot be read" in found.warnings[0], "an unreadable catalogue keeps what it may list"
+
+
+def test_every_point_of_a_sweep_is_kept(setup: tuple[Store, Path, list[str]]) -> None:
+    store, recipes, planned = setup
+    text = (recipes / "tiny-demo.yml").read_text()
+    (recipes / "tiny-demo.yml").write_text(text + "sweep:\n  grid: {parameters.t: [0.4, 0.6]}\n")
+    points = [stage.key for stage in plan(load_recipe(recipes / "tiny-demo.yml").model_copy(update={"sweep": None, "parameters": {"t": 0.6}})).stages]
+    assert points[0] != planned[0]
+    for key in points:
+        commit(store, "tiny-demo", key, {"x.bin": b"point"})
+    assert gc.collect(store, recipes, older_than=0).doomed == []
+
+
+def test_a_recipe_that_does_not_plan_keeps_its_keys(setup: tuple[Store, Path, list[str]]) -> None:
+    store, recipes, _ = setup
+    commit(store, "broken", "merge-123412341234", {"m": b"m"})
+    (recipes / "broken.yml").write_text("models: [{model: tiny:llama-a}]\nmerge_method: nonsense\n")
+    found = gc.collect(store, recipes, older_than=0)
+    assert found.doomed == [] and found.warnings and "keeping every key of recipe broken" in found.warnings[0]
+
+
+def test_bad_arguments() -> None:
+    assert [gc.parse_duration(text) for text in ("0", "90s", "30m", "6h", "2d", "1w", "1.5h")] == [0, 90, 1800, 21600, 172800, 604800, 5400]
+    with pytest.raises(UserError, match="--older-than"):
+        gc.parse_duration("soon")
+    with pytest.raises(UserError, match="--recipes /nowhere: no such folder"):
+        gc.collect(open_store("/tmp/unused-store"), Path("/nowhere"), older_than=0)
+
+
+def test_the_store_s_own_records_are_never_garbage(setup: tuple[Store, Path, list[str]]) -> None:
+    store, recipes, _ = setup
+    store.put_document("_runs/r-1/status.json", {"state": "done"})
+    assert gc.collect(store, recipes, older_than=0).doomed == []
+    assert json.loads((store.root / "_runs" / "r-1" / "status.json").read_text()) == {"state": "done"}

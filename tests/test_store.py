@@ -1,0 +1,220 @@
+"""The store's commit discipline, the same tests against file:// and s3:// (moto's server on
+loopback): nothing is done until its marker is written, last; readers trust only that."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from foundry.errors import UserError
+from foundry.s3 import client as s3client
+from foundry.s3.transfer import IntegrityError
+from foundry.store import SUCCESS_MARKER, Store, build_record, open_store, resolve_store_url
+from foundry.store.local import LocalStore
+from foundry.store.s3 import S3Store
+
+
+@pytest.fixture(params=["file", "s3"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    if request.param == "file":
+        return open_store(str(tmp_path / "store"))
+    return open_store(f"s3://{request.getfixturevalue('bucket')}/artifacts")
+
+
+def _stage_output(store: Store, key: str, content: bytes = b"weights") -> Path:
+    staging = store.new_staging("r", key)
+    (staging / "sub").mkdir()
+    (staging / "sub" / "model.bin").write_bytes(content)
+    (staging / "config.json").write_text("{}")
+    return staging
+
+
+def _commit(store: Store, key: str, content: bytes = b"weights", **extra: object) -> dict:
+    staging = _stage_output(store, key, content)
+    return store.commit("r", key, staging, build_record(staging, key=key, stage="merge", recipe="r", started=0.0, extra=dict(extra)))
+
+
+def _plant(store: Store, recipe: str, key: str, path: str, data: bytes | None) -> None:
+    """Write (or, with None, delete) one stored file behind the store's back, as a crash or bit rot would."""
+    if isinstance(store, LocalStore):
+        target = store.root / recipe / key / path
+        if data is None:
+            target.unlink()
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return
+    assert isinstance(store, S3Store)
+    object_key = store.root.child(recipe, key, path).key
+    if data is None:
+        store.s3.delete_object(Bucket=store.root.bucket, Key=object_key)
+    else:
+        store.s3.put_object(Bucket=store.root.bucket, Key=object_key, Body=data)
+
+
+def test_commit_writes_files_then_marker(store: Store) -> None:
+    staging = _stage_output(store, "merge-1")
+    assert staging.name == "merge-1", "staging is named like the key, so tools that record it write the same bytes"
+    assert not store.is_committed("r", "merge-1")
+    store.commit("r", "merge-1", staging, build_record(staging, key="merge-1", stage="merge", recipe="r", started=0.0, extra={}))
+    marker = store.marker("r", "merge-1")
+    assert marker is not None and marker["size_bytes"] == len(b"weights") + 2
+    assert sorted(entry["path"] for entry in marker["files"]) == ["config.json", "sub/model.bin"]
+    assert not staging.exists()
+    assert [(k.recipe, k.key, k.size_bytes) for k in store.list_committed("r")] == [("r", "merge-1", 9)]
+    assert [k.key for k in store.list_committed()] == ["merge-1"] and list(store.list_committed("other")) == []
+    fetched = store.fetch("r", "merge-1")
+    assert (fetched / "sub" / "model.bin").read_bytes() == b"weights" and (fetched / "config.json").read_text() == "{}"
+
+
+def test_uncommitted_key_is_garbage_and_is_replaced(store: Store) -> None:
+    _plant(store, "r", "merge-1", "half-written.bin", b"\0" * 10)
+    assert not store.is_committed("r", "merge-1")
+    assert list(store.list_committed()) == []
+    assert [(item.recipe, item.name, item.kind, item.size_bytes) for item in store.leftovers()] == [("r", "merge-1", "uncommitted key", 10)]
+    _commit(store, "merge-1")
+    assert list(store.leftovers()) == []
+    assert store.verify("r", "merge-1") == [], "the crashed attempt's file is gone"
+
+
+def test_discard_unmarks_before_removing(store: Store) -> None:
+    _commit(store, "k")
+    store.discard("r", "k")
+    assert not store.is_committed("r", "k") and list(store.leftovers()) == []
+    store.discard("r", "never-was")
+
+
+def test_marker_is_whole_json(store: Store) -> None:
+    _commit(store, "k", result={"a": 1})
+    assert store.marker("r", "k")["result"] == {"a": 1}
+    if isinstance(store, LocalStore):
+        assert json.loads((store.root / "r" / "k" / SUCCESS_MARKER).read_text())["result"] == {"a": 1}
+        assert not list((store.root / "r" / "k").glob(".*.tmp"))
+
+
+def test_verify_names_corrupted_missing_and_unlisted_files(store: Store) -> None:
+    _commit(store, "k", b"0123456789")
+    assert store.verify("r", "k") == []
+    _plant(store, "r", "k", "sub/model.bin", b"0123456780")
+    _plant(store, "r", "k", "config.json", None)
+    _plant(store, "r", "k", "stray.txt", b"x")
+    assert store.verify("r", "k") == [
+        "config.json: missing",
+        "sub/model.bin: sha256 differs from _SUCCESS.json (corrupted)",
+        "stray.txt: not listed in _SUCCESS.json",
+    ]
+    assert store.verify("r", "absent") == ["_SUCCESS.json: missing (the key is not committed)"]
+
+
+def test_leftovers_are_removed_one_by_one(store: Store) -> None:
+    _commit(store, "done")
+    _plant(store, "r", "crashed", "part.bin", b"abc")
+    _plant(store, "_runs", "run-1", "status.json", b"{}")       # the store's own records are never garbage
+    [leftover] = store.leftovers()
+    assert (leftover.name, leftover.kind) == ("crashed", "uncommitted key") and leftover.modified > 0
+    store.remove_leftover(leftover)
+    assert list(store.leftovers()) == [] and store.is_committed("r", "done")
+
+
+def test_staging_folders_of_crashed_local_runs_are_leftovers(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path))
+    staging = _stage_output(store, "k")
+    [leftover] = store.leftovers()
+    assert leftover.kind == "staging folder" and leftover.size_bytes == len(b"weights") + 2
+    store.remove_leftover(leftover)
+    assert not staging.exists()
+
+
+def test_documents_beside_the_keys(store: Store) -> None:
+    store.put_document("_runs/a/status.json", {"state": "running"})
+    store.put_document("_runs/a/status.json", {"state": "done"})
+    store.put_document("_runs/b/status.json", {"state": "running"})
+    assert store.get_document("_runs/a/status.json") == {"state": "done"}
+    assert store.get_document("_runs/none.json") is None
+    assert store.list_documents("_runs") == ["_runs/a/status.json", "_runs/b/status.json"]
+    assert list(store.list_committed()) == [] and list(store.leftovers()) == []
+
+
+# --- s3 only: the local cache, its integrity, the layout -----------------------------------
+
+@pytest.fixture
+def s3_store(bucket: str) -> S3Store:
+    store = open_store(f"s3://{bucket}/artifacts/")
+    assert isinstance(store, S3Store) and store.url == f"s3://{bucket}/artifacts"
+    return store
+
+
+def test_s3_layout_is_prefix_recipe_key_file(s3_store: S3Store) -> None:
+    _commit(s3_store, "merge-1")
+    listed = s3client.client().list_objects_v2(Bucket=s3_store.root.bucket)["Contents"]
+    assert sorted(item["Key"] for item in listed) == ["artifacts/r/merge-1/_SUCCESS.json", "artifacts/r/merge-1/config.json", "artifacts/r/merge-1/sub/model.bin"]
+    assert s3_store.location("r", "merge-1") == f"s3://{s3_store.root.bucket}/artifacts/r/merge-1/"
+
+
+def test_fetch_downloads_once_and_reuses_the_cache(s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache"))
+    _commit(s3_store, "k", b"abc")
+    cached = s3_store.fetch("r", "k")
+    assert cached.is_relative_to(tmp_path / "cache" / "store") and (cached / "sub" / "model.bin").read_bytes() == b"abc"
+    # the committing machine already holds the bytes: the staging folder became the cache
+    _plant(s3_store, "r", "k", "sub/model.bin", None)
+    assert s3_store.fetch("r", "k") == cached and (cached / "sub" / "model.bin").read_bytes() == b"abc"
+    # another machine (an empty cache) downloads, verifying every file against the marker
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache2"))
+    with pytest.raises(IntegrityError, match="sub/model.bin: missing"):
+        s3_store.fetch("r", "k")
+    _plant(s3_store, "r", "k", "sub/model.bin", b"abd")
+    with pytest.raises(IntegrityError, match=r"sub/model.bin: sha256 .* \(corrupted\)"):
+        s3_store.fetch("r", "k")
+    assert not any((tmp_path / "cache2").rglob("model.bin")), "nothing half-fetched is left to be trusted"
+    _plant(s3_store, "r", "k", "sub/model.bin", b"abc")
+    fetched = s3_store.fetch("r", "k")
+    assert (fetched / "sub" / "model.bin").read_bytes() == b"abc" and json.loads((fetched / SUCCESS_MARKER).read_text())["key"] == "k"
+
+
+def test_a_recommitted_key_replaces_a_stale_cache(s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FOUNDRY_SCRATCH", str(tmp_path / "elsewhere"))
+    _commit(s3_store, "k", b"one")
+    first = s3_store.fetch("r", "k")
+    _commit(s3_store, "k", b"two")
+    assert s3_store.fetch("r", "k") == first and (first / "sub" / "model.bin").read_bytes() == b"two"
+    assert sorted(p.name for p in first.parent.iterdir()) == ["k"], "no temporary folder left beside the cache"
+
+
+def test_unfinished_multipart_uploads_are_leftovers(s3_store: S3Store) -> None:
+    s3 = s3_store.s3
+    upload = s3.create_multipart_upload(Bucket=s3_store.root.bucket, Key="artifacts/r/merge-9/model.safetensors")
+    [leftover] = s3_store.leftovers()
+    assert (leftover.recipe, leftover.name, leftover.kind) == ("r", "merge-9/model.safetensors", "unfinished upload")
+    s3_store.remove_leftover(leftover)
+    assert s3.list_multipart_uploads(Bucket=s3_store.root.bucket).get("Uploads", []) == []
+    assert upload["UploadId"]
+
+
+# --- opening a store -----------------------------------------------------------------------
+
+def test_store_url_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOUNDRY_STORE", "/from/env")
+    assert resolve_store_url("/from/flag") == "/from/flag"
+    assert resolve_store_url(None) == "/from/env"
+    monkeypatch.delenv("FOUNDRY_STORE")
+    assert resolve_store_url(None) == "./.foundry/store"
+
+
+def test_unsupported_scheme_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="unsupported scheme"):
+        open_store("gs://bucket/x")
+
+
+@pytest.mark.parametrize("url", ["s3://", "s3://a/x", "s3://Bad Bucket/x", "s3://bucket/../x"])
+def test_malformed_s3_urls_are_user_errors(url: str) -> None:
+    with pytest.raises(UserError, match="store"):
+        open_store(url)
+
+
+def test_opening_an_s3_store_writes_nothing(bucket: str) -> None:
+    open_store(f"s3://{bucket}/artifacts")
+    assert s3client.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
+    assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
