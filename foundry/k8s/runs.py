@@ -1,0 +1,150 @@
+"""A run as the cluster holds it: its plan ConfigMap, its driver Job, its stage Jobs.
+
+`foundry render` puts the run's plan in a ConfigMap under the key `plan.json`, and names
+the ConfigMap and the driver Job alike: that name is the run's id. A run is found by its
+plan document: its stage Jobs are named in it, and its driver is the Job that mounts the
+ConfigMap and is not one of its stages.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.client import V1ConfigMap, V1DeleteOptions, V1Job
+from pydantic import BaseModel, ValidationError
+
+from foundry.errors import UserError
+from foundry.k8s.cluster import Cluster
+from foundry.k8s.errors import ClusterError, explained
+from foundry.k8s.jobs import job_state, observe_stage
+from foundry.runstatus import RunStatus, StageStatus, now
+from foundry.store import Store
+
+PLAN_KEY = "plan.json"
+_NOT_FOUND = 404
+
+
+class PlanStage(BaseModel):
+    stage: str
+    key: str
+    needs: list[str] = []
+    spec: dict[str, Any]
+    job: dict[str, Any]
+
+    @property
+    def job_name(self) -> str:
+        return self.job["metadata"]["name"]
+
+
+class RunPlan(BaseModel):
+    recipe: str
+    recipe_hash: str
+    store: str
+    stages: list[PlanStage]
+
+    def stage(self, name: str) -> PlanStage:
+        for planned in self.stages:
+            if name in (planned.stage, planned.key):
+                return planned
+        raise UserError(f"recipe {self.recipe} has no stage {name} in this run; its stages: {', '.join(s.stage for s in self.stages)}")
+
+    def new_status(self, run: str, namespace: str, started: str | None = None) -> RunStatus:
+        stamp = started or now()
+        rows = [StageStatus(stage=s.stage, key=s.key, job=s.job_name) for s in self.stages]
+        return RunStatus(run=run, recipe=self.recipe, recipe_hash=self.recipe_hash, namespace=namespace, store=self.store, started=stamp, updated=stamp, stages=rows)
+
+
+def read_plan(text: str, where: str) -> RunPlan:
+    try:
+        return RunPlan.model_validate_json(text)
+    except ValidationError as error:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
+        raise UserError(f"{where}: not a Foundry plan", details=problems) from error
+
+
+@dataclass
+class ClusterRun:
+    run: str
+    plan: RunPlan
+    created: str
+    driver: V1Job | None
+    jobs: dict[str, V1Job]
+
+
+def list_runs(cluster: Cluster) -> list[ClusterRun]:
+    """Every run whose plan ConfigMap is in the namespace, newest first."""
+    with explained(cluster, "list", "configmaps"):
+        configmaps = cluster.core.list_namespaced_config_map(cluster.namespace).items
+    with explained(cluster, "list", "jobs.batch"):
+        jobs = cluster.batch.list_namespaced_job(cluster.namespace).items
+    runs = [run for configmap in configmaps if (run := _run(configmap, jobs)) is not None]
+    return sorted(runs, key=lambda run: run.created, reverse=True)
+
+
+def find_run(cluster: Cluster, run: str) -> ClusterRun:
+    runs = list_runs(cluster)
+    for found in runs:
+        if found.run == run:
+            return found
+    known = ", ".join(found.run for found in runs[:10]) or "none"
+    raise UserError(f"no run {run} in namespace {cluster.namespace} on {cluster.server}; runs there: {known}")
+
+
+def live_status(cluster: Cluster, run: ClusterRun, saved: RunStatus | None, store: Store | None) -> RunStatus:
+    """The run as its Jobs show it now, on top of what the driver last saved (which alone
+    knows which stages it found already committed, and what became of deleted Jobs)."""
+    status = saved.model_copy(deep=True) if saved else run.plan.new_status(run.run, cluster.namespace, run.created)
+    for row, planned in zip(status.stages, run.plan.stages, strict=True):
+        job = run.jobs.get(planned.job_name)
+        if job is not None and row.state != "cached":
+            observe_stage(cluster, row, job)
+        elif job is None and saved is None and store is not None and store.is_committed(run.plan.recipe, planned.key):
+            row.state = "cached"
+    if run.driver is not None:
+        status.state = job_state(run.driver)
+        if status.state != "running":
+            status.finished = status.finished or max((row.finished for row in status.stages if row.finished), default=None)
+    elif saved is None:
+        status.state = "unknown"
+    return status
+
+
+def delete_jobs(cluster: Cluster, names: list[str]) -> list[str]:
+    """Delete Jobs with their pods (propagation Background); return those that existed."""
+    deleted = []
+    for name in names:
+        try:
+            with explained(cluster, "delete", "jobs.batch", name):
+                cluster.batch.delete_namespaced_job(name, cluster.namespace, body=V1DeleteOptions(propagation_policy="Background"))
+        except ClusterError as error:
+            if error.status != _NOT_FOUND:
+                raise
+            continue
+        deleted.append(name)
+    return deleted
+
+
+def _run(configmap: V1ConfigMap, jobs: list[V1Job]) -> ClusterRun | None:
+    text = (configmap.data or {}).get(PLAN_KEY)
+    if text is None:
+        return None
+    try:
+        plan = read_plan(text, f"ConfigMap {configmap.metadata.name}")
+    except UserError:
+        return None  # someone else's ConfigMap that happens to have a plan.json
+    names = {planned.job_name for planned in plan.stages}
+    mine = {job.metadata.name: job for job in jobs if job.metadata.name in names}
+    driver = next((job for job in jobs if job.metadata.name not in names and configmap.metadata.name in _mounted_configmaps(job)), None)
+    created = (driver or configmap).metadata.creation_timestamp
+    run = driver.metadata.name if driver else configmap.metadata.name
+    return ClusterRun(run, plan, created.strftime("%Y-%m-%dT%H:%M:%SZ") if created else now(), driver, mine)
+
+
+def _mounted_configmaps(job: V1Job) -> set[str]:
+    pod_spec = job.spec.template.spec if job.spec and job.spec.template else None
+    volumes = (pod_spec.volumes if pod_spec else None) or []
+    names = {volume.config_map.name for volume in volumes if volume.config_map}
+    for volume in volumes:
+        for source in (volume.projected.sources or []) if volume.projected else []:
+            if source.config_map:
+                names.add(source.config_map.name)
+    return names
