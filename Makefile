@@ -5,12 +5,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
+# `make images` tags: the chart's default repositories, at the project's version.
+IMAGE_REPO ?= ghcr.io/foundry-ml
+IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test lint bench clean
+.PHONY: help install demo test e2e lint bench clean images
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,12 +36,20 @@ demo: $(STAMP) ## Run recipes/tiny-demo.yml end to end, offline, and verify what
 test: $(STAMP) ## Run the test suite
 	$(BIN)/python -m pytest
 
+e2e: $(STAMP) ## Run the tiny demo on the cluster $KUBECONFIG points at (see tests/e2e/run.py); skips, saying why, without one
+	$(BIN)/python tests/e2e/run.py
+
 lint: $(STAMP) ## Lint the code and every recipe
 	$(BIN)/ruff check foundry jobs tests bench
 	$(BIN)/foundry lint recipes/
 
 bench: $(STAMP) ## Run the benchmarks; results in bench/results/
 	$(BIN)/python -m bench
+
+images: ## Build the CPU and GPU container images (needs a Docker engine)
+	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine here (docker info failed); build on a machine with Docker, or let CI build images/Dockerfile.cpu and images/Dockerfile.gpu" >&2; exit 1; }
+	docker build -f images/Dockerfile.cpu -t $(IMAGE_REPO)/foundry-cpu:$(IMAGE_TAG) .
+	docker build -f images/Dockerfile.gpu -t $(IMAGE_REPO)/foundry-gpu:$(IMAGE_TAG) .
 
 clean: ## Remove the store, runs, published demo output and caches (keeps .venv)
 	rm -rf .foundry .pytest_cache bench/results

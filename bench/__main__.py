@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("bench_cli", "bench_merge")
+BENCHMARKS = ("bench_cli", "bench_merge", "bench_render", "bench_s3", "bench_finetune")
 
 for name in sys.argv[1:] or BENCHMARKS:
     importlib.import_module(f"bench.{name}").main()

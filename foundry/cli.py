@@ -26,6 +26,7 @@ _state = {"debug": False}
 
 RecipeArg = typer.Argument(..., help="Recipe file (YAML).", show_default=False)
 StoreOpt = typer.Option(None, "--store", help="Artifact store: a folder, file://PATH or s3://BUCKET/PREFIX. [env: FOUNDRY_STORE; default: ./.foundry/store]")
+StrictHelp = "Refuse a fine-tune that does not fit the hardware its recipe declares, instead of warning."
 
 
 def _version(value: bool) -> None:
@@ -63,11 +64,11 @@ def schema(output: Path | None = typer.Option(None, "--output", "-o", help="Writ
 
 
 @app.command()
-def plan(recipe: Path = RecipeArg, store: str | None = StoreOpt) -> None:
+def plan(recipe: Path = RecipeArg, store: str | None = StoreOpt, strict: bool = typer.Option(False, "--strict", help=StrictHelp)) -> None:
     """Show the stages a recipe makes, their keys, and which are already committed."""
     from foundry.commands.run import show_plan
 
-    show_plan(recipe, store)
+    show_plan(recipe, store, strict=strict)
 
 
 @app.command()
@@ -78,11 +79,12 @@ def run(
     force: bool = typer.Option(False, "--force", help="Redo the selected stages even when committed."),
     only: str | None = typer.Option(None, "--only", help="Run just this stage (its inputs must be committed)."),
     until: str | None = typer.Option(None, "--until", help="Run the stages up to and including this one."),
+    strict: bool = typer.Option(False, "--strict", help=StrictHelp),
 ) -> None:
     """Run a recipe's stages on this machine, skipping what is already committed."""
     from foundry.commands.run import run_recipe
 
-    raise typer.Exit(run_recipe(recipe, store, runs_dir, force=force, only=only, until=until))
+    raise typer.Exit(run_recipe(recipe, store, runs_dir, force=force, only=only, until=until, strict=strict))
 
 
 @app.command()
@@ -91,6 +93,223 @@ def verify(target: str = typer.Argument(..., help="A published model folder, a s
     from foundry.commands.verify import verify_target
 
     raise typer.Exit(0 if verify_target(target, store) else 1)
+
+
+@app.command()
+def gc(
+    store: str | None = StoreOpt,
+    recipes: Path = typer.Option(Path("recipes"), "--recipes", help="The recipes whose planned keys are kept."),
+    older_than: str = typer.Option("1d", "--older-than", help="Only collect what is at least this old (30m, 6h, 2d, 0): younger things may belong to a run in flight."),
+    yes: bool = typer.Option(False, "--yes", help="Delete; without it, only list what would be deleted."),
+) -> None:
+    """List (or, with --yes, delete) crash leftovers and keys no recipe plans and no catalogue lists."""
+    from foundry.commands.artifacts import collect_garbage
+
+    raise typer.Exit(collect_garbage(store, recipes, older_than, yes))
+
+
+artifacts_app = typer.Typer(help="The store's committed keys.", no_args_is_help=True)
+app.add_typer(artifacts_app, name="artifacts")
+
+
+@artifacts_app.command("ls")
+def artifacts_ls(recipe: str | None = typer.Argument(None, help="Only this recipe's keys.", show_default=False), store: str | None = StoreOpt) -> None:
+    """A table of committed keys: recipe, stage, key, size, when committed."""
+    from foundry.commands.artifacts import list_artifacts
+
+    list_artifacts(recipe, store)
+
+
+@app.command()
+def render(
+    paths: list[Path] = typer.Argument(..., help="Recipe files, or folders of them.", show_default=False),
+    values: list[Path] = typer.Option([], "--values", "-f", help="A values file for the chart (charts/foundry); repeat for more, later files win."),
+    sets: list[str] = typer.Option([], "--set", help="A chart value as KEY=VALUE, parsed as helm --set parses it; repeat for more; wins over -f."),
+    namespace: str = typer.Option("default", "--namespace", "-n", help="The namespace the objects are rendered for."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write <recipe>.yaml per recipe into this folder (for GitOps) instead of printing."),
+    cron: str | None = typer.Option(None, "--cron", help="Render a CronJob that runs the recipe (its sweep grid, if any) on this schedule, e.g. \"0 2 * * *\"."),
+    time_zone: str | None = typer.Option(None, "--time-zone", help="The CronJob's IANA time zone, e.g. Europe/Paris. [default: Etc/UTC]"),
+) -> None:
+    """Print the Kubernetes objects `foundry submit` would apply, rendered by Helm from the chart."""
+    from foundry.commands.render import render_command
+
+    render_command(paths, values, sets, namespace=namespace, output=output, cron=cron, time_zone=time_zone)
+
+
+NamespaceOpt = typer.Option(None, "--namespace", "-n", help="Kubernetes namespace. [default: the kubeconfig context's, else default]")
+ContextOpt = typer.Option(None, "--context", help="kubeconfig context. [default: the current one]")
+RunArg = typer.Argument(..., help="The run's id: its driver Job's name (see `foundry runs`).", show_default=False)
+ClusterStoreOpt = typer.Option(None, "--store", help="The store to read run status from when the cluster cannot be reached (and to override the plan's). [env: FOUNDRY_STORE]")
+
+
+@app.command()
+def submit(
+    recipe: Path = RecipeArg,
+    values: list[Path] = typer.Option([], "--values", "-f", help="A values file for the chart; repeat for more, later files win."),
+    sets: list[str] = typer.Option([], "--set", help="A chart value as KEY=VALUE (e.g. store.url=s3://bucket/foundry); repeat for more."),
+    namespace: str | None = NamespaceOpt,
+    context: str | None = ContextOpt,
+    dry_run: str | None = typer.Option(None, "--dry-run", help="client: print what would be applied, send nothing; server: the API server checks everything and changes nothing."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the run until it ends; exit 0 if it succeeded, 1 if not."),
+) -> None:
+    """Run a recipe on Kubernetes: render it and server-side apply its driver Job, ConfigMap and RBAC."""
+    from foundry.commands.submit import submit_recipe
+
+    raise typer.Exit(submit_recipe(recipe, values, sets, namespace=namespace, context=context, dry_run=dry_run, wait=wait))
+
+
+@app.command()
+def schedule(
+    recipe: Path = RecipeArg,
+    cron: str = typer.Option(..., "--cron", help="When to run, as five cron fields or a macro, e.g. \"0 2 * * *\" or @daily.", show_default=False),
+    time_zone: str | None = typer.Option(None, "--time-zone", help="The CronJob's IANA time zone, e.g. Europe/Paris. [default: Etc/UTC]"),
+    values: list[Path] = typer.Option([], "--values", "-f", help="A values file for the chart; repeat for more, later files win."),
+    sets: list[str] = typer.Option([], "--set", help="A chart value as KEY=VALUE; repeat for more."),
+    namespace: str | None = NamespaceOpt,
+    context: str | None = ContextOpt,
+    dry_run: str | None = typer.Option(None, "--dry-run", help="client or server, as for submit."),
+) -> None:
+    """Run a recipe (its sweep grid, if it has one) on a schedule: apply its CronJob; re-scheduling updates it."""
+    from foundry.commands.submit import schedule_recipe
+
+    raise typer.Exit(schedule_recipe(recipe, values, sets, cron=cron, time_zone=time_zone, namespace=namespace, context=context, dry_run=dry_run))
+
+
+@app.command()
+def status(
+    run: str | None = typer.Argument(None, help="The run's id. [default: the newest run]", show_default=False),
+    store: str | None = ClusterStoreOpt,
+    namespace: str | None = NamespaceOpt,
+    context: str | None = ContextOpt,
+) -> None:
+    """A cluster run's stages: state, time, pod, why one failed; from the cluster, else from the store."""
+    from foundry.commands.status import show_status
+
+    raise typer.Exit(show_status(run, store, namespace, context))
+
+
+@app.command()
+def logs(
+    run: str = RunArg,
+    stage: str | None = typer.Option(None, "--stage", "-s", help="A stage (merge, quantize, ...) or its key. [default: the driver's log]"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the pod ends."),
+    namespace: str | None = NamespaceOpt,
+    context: str | None = ContextOpt,
+) -> None:
+    """Print the log of a run's driver, or of one of its stages (its latest pod)."""
+    from foundry.commands.status import show_logs
+
+    raise typer.Exit(show_logs(run, stage, follow, namespace, context))
+
+
+@app.command()
+def cancel(run: str = RunArg, store: str | None = ClusterStoreOpt, namespace: str | None = NamespaceOpt, context: str | None = ContextOpt) -> None:
+    """Stop a run: delete its driver and stage Jobs (and their pods) and mark it cancelled in the store."""
+    from foundry.commands.status import cancel_run
+
+    raise typer.Exit(cancel_run(run, store, namespace, context))
+
+
+@app.command()
+def runs(
+    store: str | None = ClusterStoreOpt,
+    namespace: str | None = NamespaceOpt,
+    context: str | None = ContextOpt,
+    limit: int = typer.Option(20, "--limit", help="Show at most this many."),
+) -> None:
+    """Recent cluster runs, newest first; from the cluster, else from the store."""
+    from foundry.commands.status import show_runs
+
+    raise typer.Exit(show_runs(store, namespace, context, limit))
+
+
+models_app = typer.Typer(help="The model registry: presets, memory estimates, the model that fits.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+TaskOpt = typer.Option(None, "--task", help="chat, code, completion, reasoning, multilingual (or test: the tiny: models).")
+VramOpt = typer.Option(None, "--vram", help="GPU memory in GiB (what a GPU's \"8 GB\" means).")
+RamOpt = typer.Option(None, "--ram", help="RAM in GiB, to train on a CPU.")
+DetectOpt = typer.Option(False, "--detect", help="Read this machine's largest GPU (nvidia-smi), else its RAM.")
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+@models_app.command("list")
+def models_list(
+    task: str | None = TaskOpt,
+    fits: bool = typer.Option(False, "--fits", help="Only models that fit (--vram/--ram, else this machine)."),
+    vram: float | None = VramOpt,
+    ram: float | None = RamOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The models the registry knows: size, tasks, licence, memory, quality and speed."""
+    from foundry.commands.models import hardware_from_flags, list_models
+
+    list_models(task, fits, hardware_from_flags(vram, ram, False), as_json)
+
+
+@models_app.command("show")
+def models_show(alias: str = typer.Argument(..., help="A registry alias (qwen2.5:1.5b) or hub id.", show_default=False), as_json: bool = JsonOpt) -> None:
+    """One model: its preset, memory estimates for inference, LoRA, QLoRA and full training, and access."""
+    from foundry.commands.models import show_model
+
+    show_model(alias, as_json)
+
+
+@models_app.command("select")
+def models_select(
+    task: str = typer.Option(..., "--task", help="chat, code, completion, reasoning, multilingual.", show_default=False),
+    vram: float | None = VramOpt,
+    ram: float | None = RamOpt,
+    detect: bool = DetectOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """The best model for a task that fits the memory given (or detected); its alias on stdout."""
+    from foundry.commands.models import hardware_from_flags, select_model
+
+    select_model(task, hardware_from_flags(vram, ram, detect), as_json)
+
+
+data_app = typer.Typer(help="Fine-tuning datasets: check and split them.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+DatasetArg = typer.Argument(..., help="A JSONL, JSON or CSV dataset (a path or s3://...).", show_default=False)
+
+
+@data_app.command("check")
+def data_check(dataset: str = DatasetArg) -> None:
+    """Read every row; name the file and line of the first bad one."""
+    from foundry.commands.data import check_dataset
+
+    check_dataset(dataset)
+
+
+@data_app.command("split")
+def data_split(
+    dataset: str = DatasetArg,
+    validation: float = typer.Option(0.1, "--validation", help="Share of rows for validation."),
+    test: float = typer.Option(0.1, "--test", help="Share of rows for the test set."),
+    seed: int = typer.Option(0, "--seed", help="The shuffle's seed (the finetune stage's split.seed)."),
+    out: Path | None = typer.Option(None, "--out", help="Folder for the three files. [default: beside DATASET]"),
+) -> None:
+    """Write DATASET's train, validation and test files, split as the finetune stage splits it."""
+    from foundry.commands.data import split_dataset
+
+    split_dataset(dataset, validation, test, seed, out)
+
+
+@app.command()
+def query(
+    model: str = typer.Argument(..., help="A model folder, RECIPE/KEY in the store, a published variant folder, tiny:NAME or a hub id.", show_default=False),
+    prompt: str = typer.Argument(..., help="The question; it goes through the model's chat template.", show_default=False),
+    variant: str | None = typer.Option(None, "--variant", help="Run this ONNX variant (fp32, fp16, q8, q4, q2) with ONNX Runtime."),
+    system: str | None = typer.Option(None, "--system", help="A system message."),
+    max_new_tokens: int = typer.Option(128, "--max-new-tokens", min=1, help="Stop after this many tokens."),
+    raw: bool = typer.Option(False, "--raw", help="Send the prompt as plain text, without the chat template."),
+    store: str | None = StoreOpt,
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+) -> None:
+    """Generate one answer (greedy) from a model, for a quick look at a result."""
+    from foundry.commands.query import query_model
+
+    query_model(model, prompt, variant=variant, system=system, max_new_tokens=max_new_tokens, raw=raw, store_flag=store, trust_remote_code=trust_remote_code)
 
 
 def main() -> None:

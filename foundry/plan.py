@@ -18,8 +18,8 @@ from foundry.recipe.schema import Recipe
 from foundry.stagespec import StageInput, StageName, StageSpec
 
 # Bump a stage's number when its code changes what it writes, to invalidate old keys.
-STAGE_VERSIONS: dict[str, int] = {"merge": 1, "quantize": 1, "publish": 1}
-_NOT_YET = {"finetune": "fine-tuning", "evaluate": "evaluation"}
+STAGE_VERSIONS: dict[str, int] = {"merge": 1, "finetune": 1, "quantize": 1, "publish": 1}
+_NOT_YET = {"evaluate": "evaluation"}
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,9 @@ class Plan:
     recipe: str
     recipe_hash: str
     stages: list[PlannedStage]
+    # What the user should know before anything runs (a gated model without a token, a
+    # fine-tune that may not fit the declared hardware); printed, never fatal.
+    warnings: tuple[str, ...] = ()
 
     def stage(self, name: str) -> PlannedStage:
         for planned in self.stages:
@@ -46,12 +49,19 @@ class Plan:
         raise UserError(f"recipe {self.recipe} has no {name} stage; its stages are {', '.join(s.stage for s in self.stages)}")
 
 
-def plan(recipe: Recipe) -> Plan:
+def plan(recipe: Recipe, *, strict: bool = False) -> Plan:
+    """The recipe's stages; with `strict`, a fine-tune that does not fit the hardware the
+    recipe declares is refused instead of warned about."""
     for section, what in _NOT_YET.items():
         if getattr(recipe, section) is not None:
             raise UserError(f"recipe {recipe.name}: {section}: {what} is not available in this Foundry version yet; remove the {section} section to run the other stages")
     stages: list[PlannedStage] = []
+    warnings: list[str] = []
     model = _model_source(recipe, stages)
+    if recipe.finetune is not None:
+        finetune = _finetune(recipe, model, strict, warnings)
+        stages.append(finetune)
+        model = StageInput(key=finetune.key)
     if recipe.quantize is not None:
         params = {"variants": list(recipe.quantize.variants), "prompts": recipe.quantize.prompts, "trust_remote_code": recipe.trust_remote_code, "allow_pickle": recipe.allow_pickle}
         quantize = _planned("quantize", {"model": model}, params)
@@ -59,8 +69,9 @@ def plan(recipe: Recipe) -> Plan:
         if recipe.publish is not None:
             stages.append(_planned("publish", {"onnx": StageInput(key=quantize.key)}, _publish_params(recipe)))
     if not stages:
-        raise UserError(f"recipe {recipe.name}: nothing to run; merge several models (merge_method) or add quantize: {{variants: [q4]}}")
-    return Plan(recipe.name, recipe_hash(recipe), stages)
+        raise UserError(f"recipe {recipe.name}: nothing to run; merge several models (merge_method), add finetune: {{dataset: ...}}, or add quantize: {{variants: [q4]}}")
+    warnings += _gated_warnings(recipe)
+    return Plan(recipe.name, recipe_hash(recipe), stages, tuple(warnings))
 
 
 def recipe_hash(recipe: Recipe) -> str:
@@ -79,6 +90,32 @@ def _model_source(recipe: Recipe, stages: list[PlannedStage]) -> StageInput:
     if not isinstance(model, str):
         raise UserError(f"recipe {recipe.name}: models[0].model: expected a model reference string")
     return StageInput(model=model)
+
+
+def _finetune(recipe: Recipe, model: StageInput, strict: bool, warnings: list[str]) -> PlannedStage:
+    """LoRA on the merged model (or the one model), with the registry's preset applied."""
+    from foundry.registry import apply
+    from foundry.registry.load import load_registry
+
+    resolved = apply.resolve(recipe, load_registry())
+    fit = apply.hardware_fit(recipe, resolved)
+    if fit is not None:
+        judged, line = fit
+        if strict and judged == "does not fit":
+            raise UserError(f"recipe {recipe.name}: {line} (refused under --strict)")
+        warnings.append(line)
+    params = apply.stage_params(recipe, resolved)
+    return _planned("finetune", {"model": model}, params, identity=apply.dataset_identity(params["dataset"]))
+
+
+def _gated_warnings(recipe: Recipe) -> list[str]:
+    sources = distinct_sources(recipe)
+    if not any(modelref.parse(source).kind == "hub" for source in sources):
+        return []
+    from foundry.registry.gated import gated_warnings
+    from foundry.registry.load import load_registry
+
+    return gated_warnings(sources, load_registry())
 
 
 def _planned(stage: StageName, inputs: dict[str, StageInput], params: dict[str, Any], identity: Any = None) -> PlannedStage:

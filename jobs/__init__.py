@@ -1,4 +1,4 @@
-"""The stage workloads: merge, quantize, publish (finetune and evaluate later).
+"""The stage workloads: merge, finetune, quantize, publish (evaluate later).
 
 Each stage module exposes `run(spec, inputs, out) -> dict`: it reads its inputs from
 local folders, writes its whole output into `out`, and returns a summary that is recorded

@@ -58,9 +58,7 @@ def test_nothing_to_run_is_said(tmp_path: Path) -> None:
 
 
 def test_stages_of_later_versions_are_refused_clearly(tmp_path: Path) -> None:
-    data = tmp_path / "d.jsonl"
-    data.write_text("{}\n")
-    path = tmp_path / "ft.yml"
-    path.write_text(f"models: [{{model: tiny:gpt2-a}}]\nfinetune: {{dataset: {data}}}\nquantize: {{variants: [q8]}}\n")
-    with pytest.raises(UserError, match="finetune: fine-tuning is not available"):
+    path = tmp_path / "ev.yml"
+    path.write_text("models: [{model: tiny:gpt2-a}]\nevaluate: {suites: [arc_easy]}\nquantize: {variants: [q8]}\n")
+    with pytest.raises(UserError, match="evaluate: evaluation is not available"):
         plan(load_recipe(path))

@@ -15,13 +15,16 @@ from foundry.store import Store, open_store, resolve_store_url
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-def _load(recipe_path: Path, store_flag: str | None) -> tuple[Plan, Store]:
+def _load(recipe_path: Path, store_flag: str | None, strict: bool = False) -> tuple[Plan, Store]:
     recipe = load_recipe(recipe_path)
-    return plan(recipe), open_store(resolve_store_url(store_flag))
+    the_plan = plan(recipe, strict=strict)
+    for warning in the_plan.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+    return the_plan, open_store(resolve_store_url(store_flag))
 
 
-def show_plan(recipe_path: Path, store_flag: str | None) -> None:
-    the_plan, store = _load(recipe_path, store_flag)
+def show_plan(recipe_path: Path, store_flag: str | None, *, strict: bool = False) -> None:
+    the_plan, store = _load(recipe_path, store_flag, strict)
     table = Table(title=f"{the_plan.recipe} (recipe hash {the_plan.recipe_hash})")
     for column in ("stage", "key", "inputs", "state"):
         table.add_column(column)
@@ -32,9 +35,10 @@ def show_plan(recipe_path: Path, store_flag: str | None) -> None:
     Console(highlight=False).print(table)
 
 
-def run_recipe(recipe_path: Path, store_flag: str | None, runs_dir: Path, *, force: bool, only: str | None, until: str | None) -> int:
-    the_plan, store = _load(recipe_path, store_flag)
+def run_recipe(recipe_path: Path, store_flag: str | None, runs_dir: Path, *, force: bool, only: str | None, until: str | None, strict: bool = False) -> int:
+    the_plan, store = _load(recipe_path, store_flag, strict)
     stages = select_stages(the_plan, only, until)
+    _check_publish_target(the_plan, store, stages, force)
     run_dir = runs_dir / f"{the_plan.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     console.print(f"run {the_plan.recipe}: {len(stages)} stage(s), store {store.url}, logs in {run_dir}")
     progress = _Progress()
@@ -49,6 +53,16 @@ def run_recipe(recipe_path: Path, store_flag: str | None, runs_dir: Path, *, for
         return USER_ERROR_EXIT_CODE if failure.is_user_error else 1
     _summary(results)
     return 0
+
+
+def _check_publish_target(the_plan: Plan, store: Store, stages: list[PlannedStage], force: bool) -> None:
+    """A bucket that cannot be published to fails now, not after the stages before publish."""
+    for planned in stages:
+        to = str(planned.params.get("to") or "")
+        if planned.stage == "publish" and to.startswith("s3://") and (force or not store.is_committed(the_plan.recipe, planned.key)):
+            from foundry.s3.publish import open_target
+
+            open_target(to, planned.params.get("catalog"))
 
 
 class _Progress:

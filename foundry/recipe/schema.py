@@ -44,23 +44,52 @@ class FinetuneSplit(Section):
     test: float = Field(0.1, ge=0.0, lt=1.0)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _leaves_training_rows(self) -> "FinetuneSplit":
+        if self.validation + self.test >= 1.0:
+            raise ValueError(f"validation {self.validation} + test {self.test} leave nothing to train on; keep their sum below 1")
+        return self
+
+
+class FinetuneHardware(Section):
+    """What the finetune stage will run on, for the fit check before anything runs."""
+
+    vram_gb: float | None = Field(None, gt=0)
+    ram_gb: float | None = Field(None, gt=0)
+
 
 class FinetuneSpec(Section):
+    """LoRA fine-tuning. Unset fields come from the registry's preset for the base model
+    (`preset: auto`) or the one named; anything set here wins."""
+
     dataset: str
     preset: str = "auto"
     rank: int | None = Field(None, ge=1, le=1024)
     alpha: float | None = Field(None, gt=0)
     dropout: float | None = Field(None, ge=0.0, lt=1.0)
-    target_modules: list[str] | None = None
+    target_modules: list[str] | Literal["all-linear"] | None = None
     learning_rate: float | None = Field(None, gt=0, lt=1)
     batch_size: int | None = Field(None, ge=1)
     gradient_accumulation: int | None = Field(None, ge=1)
     max_length: int | None = Field(None, ge=8)
     epochs: float | None = Field(None, gt=0)
     max_steps: int | None = Field(None, ge=1)
+    qlora: bool | None = None
+    gradient_checkpointing: bool | None = None
     packing: bool = False
     force_cpu: bool = False
+    seed: int = 0
+    eval_every: int | None = Field(None, ge=1)
+    checkpoint_every: int | None = Field(None, ge=1)
+    hardware: FinetuneHardware | None = None
     split: FinetuneSplit = FinetuneSplit()
+
+    @field_validator("target_modules")
+    @classmethod
+    def _modules(cls, value: list[str] | str | None) -> list[str] | str | None:
+        if isinstance(value, list) and (not value or not all(isinstance(name, str) and name.strip() for name in value)):
+            raise ValueError("list at least one module name (like q_proj), or write all-linear")
+        return value
 
 
 class JsonlSuite(Section):

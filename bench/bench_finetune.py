@@ -1,0 +1,193 @@
+"""The finetune stage against a plain script of transformers' Trainer with peft: training
+tokens per second and peak memory, on the same model, data and settings.
+
+The model is a randomly initialised ~22M-parameter Llama built here (no hub) with the tiny
+Llama tokenizer; the data are chats of ragged lengths (from a dozen tokens to past the
+128-token cut, log-uniform), so padding matters, and the longest batches of either side
+reach the cut. Both sides: LoRA rank 16 on every linear, batch 8, no accumulation,
+AdamW at 2e-4 with a linear schedule, gradient clipping at 1, one epoch (50 steps), fp32
+on a CPU and bf16 on a GPU, no validation. The Trainer pads each batch to its longest row
+(DataCollatorForSeq2Seq); the stage is run once as is and once with packing. Tokens are
+real tokens (padding not counted), over the time of the training steps only.
+
+Each run is a fresh process; peak memory is its maximum RSS (and, on CUDA, the peak of
+torch.cuda.max_memory_allocated). Runs alternate, REPS times each; the median is reported.
+Runs unchanged on a CUDA machine: `python -m bench bench_finetune`.
+"""
+
+import json
+import math
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from bench.report import write
+
+REPS = 2
+STEPS = 50  # one epoch of ROWS / BATCH: both sides train on every example once
+BATCH = 8
+MAX_LENGTH = 128
+ROWS = 400
+SHAPE = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 6, "num_attention_heads": 8, "num_key_value_heads": 4, "vocab_size": 512, "max_position_embeddings": 256}
+SETTINGS = {
+    "rank": 16, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "learning_rate": 2e-4, "batch_size": BATCH, "gradient_accumulation": 1, "max_length": MAX_LENGTH, "epochs": 1, "qlora": False,
+    "gradient_checkpointing": False, "max_steps": STEPS, "seed": 0, "eval_every": None, "checkpoint_every": STEPS,
+    "split": {"validation": 0.0, "test": 0.0, "seed": 0}, "chat_template": "llama3", "preset": None, "force_cpu": False,
+}
+WORDS = "the cat dog bird fish horse river tree house garden book window door table road city forest mountain child teacher farmer small big old young red green".split()
+
+
+def make_model(folder: Path) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from jobs.tiny_models import build
+
+    torch.manual_seed(0)
+    LlamaForCausalLM(LlamaConfig(**SHAPE, tie_word_embeddings=False)).save_pretrained(folder, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+        if (build("llama-a") / name).exists():
+            shutil.copy2(build("llama-a") / name, folder / name)
+    return folder
+
+
+def make_data(path: Path) -> Path:
+    """Chats whose lengths spread from a dozen tokens to the cut, log-uniformly."""
+    rng = random.Random(0)
+    rows = []
+    for _ in range(ROWS):
+        words = max(2, int(math.exp(rng.uniform(math.log(2), math.log(110)))))
+        question = " ".join(rng.choice(WORDS) for _ in range(max(1, words // 4)))
+        answer = " ".join(rng.choice(WORDS) for _ in range(words))
+        rows.append({"prompt": question, "completion": answer})
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def run_measured(command: list[str], result_file: Path) -> dict[str, Any]:
+    """Run `command` in a child of a probe that reports its peak RSS; merge the child's JSON."""
+    probe = (
+        "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)"
+    )
+    output = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    rss_kib, code = output.stdout.split()[-2:]
+    if code != "0":
+        raise RuntimeError(f"benchmark command failed: {' '.join(command)}\n{output.stderr[-3000:]}")
+    return {**json.loads(result_file.read_text()), "peak_rss_mib": round(int(rss_kib) / 1024, 1)}
+
+
+def foundry_stage(model: Path, data: Path, work: Path, *, packing: bool) -> list[str]:
+    from foundry.stagespec import StageSpec
+
+    store = work / f"store-{packing}"
+    shutil.rmtree(store, ignore_errors=True)
+    spec = StageSpec(stage="finetune", recipe="bench", key="finetune-bench", store=str(store), inputs={"model": {"model": str(model)}}, params={**SETTINGS, "dataset": str(data), "packing": packing})
+    path = spec.write(work / f"spec-{packing}.json")
+    return [sys.executable, "-m", "bench.bench_finetune", "--stage", str(path), str(work / f"result-{packing}.json")]
+
+
+def stage_child(spec_path: str, result_path: str) -> None:
+    """The stage through its container entry; the result is what its marker records."""
+    from foundry.stagespec import StageSpec
+    from jobs.entry import run_stage
+
+    record = run_stage(StageSpec.read(Path(spec_path)))["result"]
+    Path(result_path).write_text(json.dumps({"tokens": record["trained_tokens"], "seconds": record["train_seconds"], "peak_gpu_mib": _mib(record["peak_gpu_memory_bytes"])}))
+
+
+def trainer_child(model_dir: str, data_path: str, result_path: str) -> None:
+    """The plain script: the same tokenized examples, peft's LoRA, transformers' Trainer."""
+    import time
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
+
+    from jobs.batches import EncodeStats, encode_all
+    from jobs.datasets import read_dataset
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    examples = encode_all(tokenizer, read_dataset(data_path).chats(), MAX_LENGTH, EncodeStats())
+    rows = [{"input_ids": e.input_ids, "labels": e.labels, "attention_mask": [1] * len(e.input_ids)} for e in examples]
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16 if bf16 else torch.float32)
+    model = get_peft_model(model, LoraConfig(r=SETTINGS["rank"], lora_alpha=SETTINGS["alpha"], lora_dropout=0.0, target_modules=SETTINGS["target_modules"], task_type="CAUSAL_LM"))
+    counted = {"tokens": 0}
+    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
+
+    def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
+        counted["tokens"] += sum(len(row["input_ids"]) for row in batch)
+        return collator(batch)
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            self.began = time.perf_counter()
+
+        def on_train_end(self, *args: Any, **kwargs: Any) -> None:
+            self.seconds = time.perf_counter() - self.began
+
+    clock = Clock()
+    arguments = TrainingArguments(
+        output_dir=str(Path(result_path).parent / "trainer-out"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1, max_steps=STEPS,
+        learning_rate=SETTINGS["learning_rate"], lr_scheduler_type="linear", warmup_steps=1, weight_decay=0.0, max_grad_norm=1.0,
+        logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[], seed=0, bf16=bf16, use_cpu=not cuda,
+        dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+    )
+    Trainer(model=model, args=arguments, train_dataset=rows, data_collator=collate, callbacks=[clock]).train()
+    Path(result_path).write_text(json.dumps({"tokens": counted["tokens"], "seconds": clock.seconds, "peak_gpu_mib": _mib(torch.cuda.max_memory_allocated()) if cuda else None}))
+
+
+def _mib(value: int | None) -> float | None:
+    return round(value / 2**20, 1) if value else None
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="foundry-bench-finetune-"))
+    try:
+        model, data = make_model(work / "model"), make_data(work / "data.jsonl")
+        commands = {
+            "transformers Trainer + peft": ([sys.executable, "-m", "bench.bench_finetune", "--trainer", str(model), str(data), str(work / "result-trainer.json")], work / "result-trainer.json"),
+            "foundry finetune stage": (foundry_stage(model, data, work, packing=False), work / "result-False.json"),
+            "foundry finetune stage, packing": (foundry_stage(model, data, work, packing=True), work / "result-True.json"),
+        }
+        runs: dict[str, list[dict[str, Any]]] = {label: [] for label in commands}
+        for _ in range(REPS):
+            for label, (command, result) in commands.items():
+                runs[label].append(run_measured(command, result))
+        reference = None
+        rows = []
+        for label, samples in runs.items():
+            speed = statistics.median(sample["tokens"] / sample["seconds"] for sample in samples)
+            peak = max(sample["peak_rss_mib"] for sample in samples)
+            gpu = max((sample["peak_gpu_mib"] or 0) for sample in samples) or None
+            reference = reference or (speed, peak, gpu)
+            goal = 1.5 if "packing" in label else 1.0
+            rows.append({
+                "run": label, "tokens_per_s": round(speed, 1), "peak_rss_mib": peak, "peak_gpu_mib": gpu,
+                "speed_vs_trainer": round(speed / reference[0], 3), "rss_vs_trainer": round(peak / reference[1], 3),
+                "goal": f">= {goal}x" if label != "transformers Trainer + peft" else "reference",
+                "meets_goal": speed >= goal * reference[0] and peak <= reference[1] * 1.05 if label != "transformers Trainer + peft" else None,
+            })
+        write("finetune", rows)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--stage"]:
+        stage_child(sys.argv[2], sys.argv[3])
+    elif sys.argv[1:2] == ["--trainer"]:
+        trainer_child(sys.argv[2], sys.argv[3], sys.argv[4])
+    else:
+        main()
