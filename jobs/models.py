@@ -28,7 +28,9 @@ def materialize(reference: str, *, allow_pickle: bool = False, trust_remote_code
     elif ref.kind == "hub":
         folder = _download(ref, allow_pickle)
     else:
-        raise UserError(f"model {reference}: s3:// model references need the S3 store, which this version lacks; copy the model to a local folder")
+        from jobs.s3_models import download_model
+
+        folder = download_model(reference, pickle_suffixes=PICKLE_SUFFIXES, allow_pickle=allow_pickle)
     check_weight_format(folder, reference, allow_pickle=allow_pickle)
     return folder
 

@@ -23,12 +23,13 @@ class S3Object:
     key: str
     size: int
     modified: datetime
+    etag: str = ""
 
 
 def list_objects(s3: BaseClient, bucket: str, prefix: str) -> Iterator[S3Object]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            yield S3Object(item["Key"], int(item["Size"]), item["LastModified"])
+            yield S3Object(item["Key"], int(item["Size"]), item["LastModified"], item.get("ETag", ""))
 
 
 def delete_objects(s3: BaseClient, bucket: str, keys: list[str]) -> None:

@@ -64,7 +64,7 @@ class S3Store(Store):
         return self._key(recipe, key).url + "/"
 
     def _cache_dir(self, recipe: str, key: str) -> Path:
-        return _cache_root() / "store" / self.root.bucket / self.root.key / recipe / key
+        return cache_root() / "store" / self.root.bucket / self.root.key / recipe / key
 
     def _errors(self, what: str) -> Any:
         return s3client.user_errors(self.s3, self.root.bucket, f"store {self.url}: {what}")
@@ -91,7 +91,7 @@ class S3Store(Store):
                 download_files(self.s3, self.root.bucket, downloads, self.config)
             _write_marker(temporary, record)
             if _cached_record(target) != _files(record):    # unless a concurrent fetch got there first
-                _swap_in(temporary, target)
+                swap_in(temporary, target)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
         return target
@@ -113,7 +113,7 @@ class S3Store(Store):
     def new_staging(self, recipe: str, key: str) -> Path:
         # Named like the key, as in the local store: tools that record their output folder's
         # name then write the same bytes whichever attempt commits.
-        scratch = Path(os.environ.get(SCRATCH_ENV) or _cache_root() / "scratch").expanduser()
+        scratch = Path(os.environ.get(SCRATCH_ENV) or cache_root() / "scratch").expanduser()
         staging = scratch / uuid.uuid4().hex[:8] / key
         staging.mkdir(parents=True)
         return staging
@@ -132,7 +132,7 @@ class S3Store(Store):
         """The staging folder holds exactly the committed bytes: make it the fetch cache."""
         try:
             _write_marker(staging, record)
-            _swap_in(staging, self._cache_dir(recipe, key))
+            swap_in(staging, self._cache_dir(recipe, key))
         except OSError:     # another filesystem ($FOUNDRY_SCRATCH elsewhere): just clean up
             shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -204,7 +204,7 @@ class S3Store(Store):
         return keys
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
     return Path(os.environ.get(CACHE_ENV) or "~/.cache/foundry").expanduser()
 
 
@@ -227,7 +227,7 @@ def _write_marker(folder: Path, record: dict[str, Any]) -> None:
     (folder / SUCCESS_MARKER).write_bytes(_marker_bytes(record))
 
 
-def _swap_in(folder: Path, target: Path) -> None:
+def swap_in(folder: Path, target: Path) -> None:
     """Make `folder` the cache entry at `target`, replacing a stale one whole."""
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
