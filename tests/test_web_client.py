@@ -1,0 +1,240 @@
+"""What Foundry publishes, in its real client: transformers.js loads every variant of the tiny
+demo from a loopback server, in Node (onnxruntime-node) and in headless Chromium
+(onnxruntime-web on WebAssembly, served locally), and answers token for token what ONNX
+Runtime in Python answers (jobs/query.py's OnnxGenerator); and the catalogue page lists the
+demo, loads a variant with a progress bar per file, and chats with it.
+
+Needs what `make test` installs: node_modules (`npm ci --ignore-scripts`) and Debian's
+chromium. The page's screenshot is kept at .foundry/test-output/web/catalogue.png.
+"""
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import urllib.parse
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from foundry import catalog, manifest
+from foundry.web import assets
+from tests.png_check import assert_png
+
+REPO = Path(__file__).resolve().parent.parent
+WEB = REPO / "tests" / "web"
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOT = REPO / ".foundry" / "test-output" / "web" / "catalogue.png"
+SHARD_MB = 0.03            # small enough that every variant of the tiny demo spans three chunks or more
+MIN_CHUNKS = 3
+MAX_NEW_TOKENS = 16
+PROMPT = "Hello there"
+MESSAGES = [{"role": "user", "content": PROMPT}]
+KEY, MODEL_ID = "tiny-demo", "tiny-demo-q4"
+LOCAL_TRANSFORMERS = assets.TRANSFORMERS_ROUTE + assets.TRANSFORMERS_MODULE
+
+
+@pytest.fixture(scope="module")
+def node() -> str:
+    found = shutil.which("node")
+    if not found or assets.local_dirs() is None or not (REPO / "node_modules" / "playwright-core").is_dir() or not os.access(CHROMIUM, os.X_OK):
+        pytest.fail("the web client tests need Node 20, node_modules and Debian's chromium: run `make test`, or `npm ci --ignore-scripts` and `apt-get install chromium`")
+    return found
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A web root whose models/ folder holds the tiny demo as `foundry run` publishes it, in small chunks."""
+    work = tmp_path_factory.mktemp("web")
+    recipe = yaml.safe_load((REPO / "recipes" / "tiny-demo.yml").read_text())
+    recipe["publish"].update(to="./site/models", shard_size_mb=SHARD_MB)
+    (work / "tiny-demo.yml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    result = subprocess.run([sys.executable, "-m", "foundry", "run", "tiny-demo.yml"], cwd=work, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return work / "site"
+
+
+class _Handler(SimpleHTTPRequestHandler):
+    """Static files with the headers a cross-origin-isolated page needs; /_foundry/ from
+    node_modules (foundry.web.assets), /_harness/ from tests/web, the rest from the web root."""
+
+    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, **{suffix: kind.split(";")[0] for suffix, kind in assets.CONTENT_TYPES.items()}}
+    mounts: dict[str, Path] = {}
+    requested: list[str] = []
+
+    def translate_path(self, path: str) -> str:
+        url_path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
+        for route, folder in self.mounts.items():
+            if url_path.startswith(route):
+                return str(folder / url_path.removeprefix(route))
+        return super().translate_path(path)
+
+    def end_headers(self) -> None:
+        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
+        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
+        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
+        super().end_headers()
+
+    def send_head(self):  # noqa: ANN201 - the base class's own signature
+        self.requested.append(urllib.parse.urlsplit(self.path).path)
+        return super().send_head()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@pytest.fixture(scope="module")
+def server(site: Path, node: str):
+    mounts = {**(assets.local_dirs() or {}), "/_harness/": WEB}
+    handler = type("Handler", (_Handler,), {"mounts": mounts, "requested": []})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(site)))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler.requested
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.fixture(scope="module")
+def reference(site: Path) -> dict[str, dict]:
+    """Per variant: the prompt's ids and the greedy tokens ONNX Runtime in Python generates."""
+    from jobs.query import OnnxGenerator, prompt_ids
+
+    folder = site / "models" / MODEL_ID
+    answers = {}
+    for level in manifest.read(folder)["variants"]:
+        generator = OnnxGenerator(folder, level)
+        ids = prompt_ids(generator.tokenizer, PROMPT, system=None, raw=False)
+        new = list(generator.token_ids(ids, MAX_NEW_TOKENS))
+        answers[level] = {"prompt_ids": ids, "new_ids": new, "text": generator.tokenizer.decode(new, skip_special_tokens=True).strip()}
+    return answers
+
+
+def run_node(script: str, job: dict, timeout: float = 240) -> dict:
+    result = subprocess.run(["node", str(WEB / script), json.dumps(job)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def expected_files(site: Path, level: str) -> set[str]:
+    variant = manifest.read(site / "models" / MODEL_ID)["variants"][level]
+    return {variant["file"], *(f"onnx/{name}" for name in variant["chunks"])}
+
+
+def assert_same_tokens(results: dict, reference: dict, site: Path) -> None:
+    assert set(results) == set(reference)
+    for level, expected in reference.items():
+        got = results[level]
+        assert "error" not in got, f"{level}: {got.get('error')}"
+        assert got["prompt_ids"] == expected["prompt_ids"], f"{level}: the chat template gives other ids"
+        assert got["new_ids"] == expected["new_ids"], f"{level}: transformers.js generated {got['new_ids']}, ONNX Runtime {expected['new_ids']}"
+        assert expected_files(site, level) <= set(got["files"]), f"{level}: not every chunk was fetched"
+    # Something to compare: a full run of 16 tokens somewhere, and more than one distinct answer.
+    assert max(len(answer["new_ids"]) for answer in reference.values()) == MAX_NEW_TOKENS
+    assert len({tuple(answer["new_ids"]) for answer in reference.values()}) > 1
+
+
+def test_every_variant_is_published_in_three_chunks_or_more(site: Path) -> None:
+    folder = site / "models" / MODEL_ID
+    variants = manifest.read(folder)["variants"]
+    assert set(variants) == {"fp32", "fp16", "q8", "q4", "q2"}
+    config = json.loads((folder / "config.json").read_text())["transformers.js_config"]
+    for level, variant in variants.items():
+        assert len(variant["chunks"]) >= MIN_CHUNKS, (level, variant["chunks"])
+        assert config["use_external_data_format"][Path(variant["file"]).name] == len(variant["chunks"])
+    assert manifest.verify(folder) == []
+
+
+def test_node_generates_what_onnxruntime_generates(site: Path, server: tuple[str, list[str]], reference: dict, tmp_path: Path) -> None:
+    url, _ = server
+    output = run_node("node_generate.mjs", {
+        "base": f"{url}/models/{MODEL_ID}/", "variants": list(reference), "messages": MESSAGES,
+        "max_new_tokens": MAX_NEW_TOKENS, "cache_dir": str(tmp_path / "cache"),
+    })
+    assert output["version"] == assets_version()
+    assert_same_tokens(output["results"], reference, site)
+
+
+def test_chromium_generates_what_onnxruntime_generates(site: Path, server: tuple[str, list[str]], reference: dict) -> None:
+    url, requested = server
+    output = run_node("browser.mjs", {"mode": "generate", "chromium": CHROMIUM, "url": f"{url}/_harness/harness.html", "request": {
+        "transformers": LOCAL_TRANSFORMERS, "catalogue": "/models/foundry-catalogue.js", "ort": assets.ONNXRUNTIME_WEB_ROUTE,
+        "base": f"{url}/models/{MODEL_ID}/", "variants": list(reference), "messages": MESSAGES, "max_new_tokens": MAX_NEW_TOKENS,
+    }})
+    assert output["offsite"] == [], "nothing may come from a CDN or the Hub"
+    assert output["isolated"] is True, "COOP/COEP make the page cross-origin isolated (threaded WebAssembly)"
+    assert output["version"] == assets_version()
+    assert_same_tokens(output["results"], reference, site)
+    assert assets.ONNXRUNTIME_WEB_ROUTE + "ort-wasm-simd-threaded.asyncify.wasm" in requested, "onnxruntime-web's WebAssembly, served locally"
+
+
+def test_the_catalogue_page_lists_loads_and_chats(site: Path, server: tuple[str, list[str]], reference: dict, tmp_path: Path) -> None:
+    url, _ = server
+    models = site / "models"
+    # A second entry as another publisher might write it, with evaluation results, so the page shows them.
+    entry = json.loads((models / "models.json").read_text())[KEY]
+    catalog.update(models / "models.json", "tiny-demo-evaluated", {**entry, "name": "Tiny Demo, evaluated", "metrics": {"arith.exact_match": 0.25, "arc_easy.acc_norm": 0.5}})
+    screenshot = tmp_path / "catalogue.png"
+    query = urllib.parse.urlencode({"transformers": LOCAL_TRANSFORMERS, "ort": assets.ONNXRUNTIME_WEB_ROUTE})
+    output = run_node("browser.mjs", {
+        "mode": "page", "chromium": CHROMIUM, "url": f"{url}/models/?{query}", "model": KEY, "variant": "q4",
+        "prompt": PROMPT, "max_new_tokens": MAX_NEW_TOKENS, "screenshot": str(screenshot),
+    })
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(screenshot, SCREENSHOT)
+    assert output["offsite"] == [] and output["errors"] == [], (output["offsite"], output["errors"])
+
+    cards = {card["key"]: card for card in output["models"]}
+    assert list(cards) == [KEY, "tiny-demo-evaluated"]
+    demo = cards[KEY]
+    assert [(row["level"], row["loadable"]) for row in demo["variants"]] == [(level, True) for level in entry["variants"]]
+    for fact in ("Tiny Demo (slerp llama-a + llama-b)", "slerp", "tiny:llama-a, tiny:llama-b", entry["recipe_hash"], "No evaluation results published."):
+        assert fact in demo["text"], fact
+    assert "arith.exact_match\t0.25" in cards["tiny-demo-evaluated"]["text"] and "arc_easy.acc_norm\t0.5" in cards["tiny-demo-evaluated"]["text"]
+
+    assert output["loaded"] == f"{KEY}:q4", output["status"]
+    bars = {row["file"]: row for row in output["files"]}
+    assert expected_files(site, "q4") <= set(bars), "a progress bar per file, every chunk among them"
+    assert all(row["done"] and row["value"] == 100 for row in bars.values())
+    assert output["reply"] == {"text": reference["q4"]["text"], "tokens": len(reference["q4"]["new_ids"]), "error": False}
+    assert_png(screenshot, min_width=1280, min_height=900)
+
+
+def test_the_page_takes_transformers_js_from_the_cdn_its_meta_or_its_own_origin(node: str) -> None:
+    """A link's ?transformers= may not run another site's script on the catalogue's origin."""
+    script = """
+        import { settings } from "./foundry/web/foundry-catalogue.js";
+        const documentWith = (metas) => ({ querySelector: (selector) => {
+            const name = selector.match(/name="([^"]+)"/)[1];
+            return name in metas ? { getAttribute: () => metas[name] } : null;
+        } });
+        const at = (href, metas = {}) => {
+            try { return settings({ href }, documentWith(metas)); } catch (error) { return { error: error.message }; }
+        };
+        const page = "http://127.0.0.1:9/models/";
+        console.log(JSON.stringify([
+            at(page),
+            at(page, { "foundry-transformers": "/_foundry/transformers/transformers.min.js", "foundry-onnxruntime-web": "/_foundry/onnxruntime-web/" }),
+            at(page + "?transformers=/t/transformers.min.js&ort=/o/", { "foundry-transformers": "/ignored.js" }),
+            at(page + "?transformers=https://elsewhere.example/x.js"),
+        ]));
+    """
+    result = subprocess.run([node, "--input-type=module", "-e", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    default, meta, query, elsewhere = json.loads(result.stdout)
+    version = assets_version()
+    assert default == {"transformers": f"https://cdn.jsdelivr.net/npm/@huggingface/transformers@{version}/dist/transformers.min.js", "ort": None}
+    assert meta == {"transformers": "http://127.0.0.1:9/_foundry/transformers/transformers.min.js", "ort": "http://127.0.0.1:9/_foundry/onnxruntime-web/"}
+    assert query == {"transformers": "http://127.0.0.1:9/t/transformers.min.js", "ort": "http://127.0.0.1:9/o/"}
+    assert "only a URL on this page's own origin" in elsewhere["error"]
+
+
+def assets_version() -> str:
+    return json.loads((REPO / "package.json").read_text())["dependencies"]["@huggingface/transformers"]
