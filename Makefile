@@ -4,13 +4,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The web client the tests load published models with: transformers.js (and playwright-core)
+# pinned in package.json/package-lock.json, and Debian's Chromium.
+NODE_STAMP := node_modules/.installed
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 TORCH := torch==2.13.0
 # `make images` tags: the chart's default repositories, at the project's version.
 IMAGE_REPO ?= ghcr.io/foundry-ml
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test e2e lint bench clean images
+.PHONY: help install web demo test e2e lint bench clean images
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -28,12 +33,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv with the submitter, the stage workloads and the test tools
 
+# --ignore-scripts: no install step may download anything (onnxruntime-node ships its binaries).
+$(NODE_STAMP): package.json package-lock.json
+	@command -v npm >/dev/null || { echo "make: the web client tests need Node.js 20 or newer with npm" >&2; exit 1; }
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends chromium
+
+web: $(NODE_STAMP) $(CHROMIUM) ## Install the web client the tests use: node_modules (npm ci) and Debian's chromium
+
 demo: $(STAMP) ## Run recipes/tiny-demo.yml end to end, offline, and verify what it published
 	HF_HUB_OFFLINE=1 $(BIN)/foundry run recipes/tiny-demo.yml
 	$(BIN)/foundry verify .foundry/published/models/tiny-demo-q4
 	@echo "catalogue: .foundry/published/models/models.json"
 
-test: $(STAMP) ## Run the test suite
+test: $(STAMP) $(NODE_STAMP) $(CHROMIUM) ## Run the test suite
 	$(BIN)/python -m pytest
 
 e2e: $(STAMP) ## Run the tiny demo on the cluster $KUBECONFIG points at (see tests/e2e/run.py); skips, saying why, without one

@@ -128,7 +128,7 @@ def now_iso() -> str:
 def build_entry(
     *, model_id: str, name: str | None, size_mb: float, base: str, variants: dict[str, dict[str, Any]],
     default_variant: str | None, recipe_hash: str | None, fusion: dict[str, Any] | None,
-    description: str | None = None, published: str | None = None,
+    description: str | None = None, published: str | None = None, metrics: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """One entry in the shape web clients read. Without a merge, `metadata` holds only who made it."""
     created_by = f"Foundry {__version__}"
@@ -148,6 +148,8 @@ def build_entry(
         "recipe_hash": recipe_hash,
         "published": published or now_iso(),
     })
+    if metrics:
+        entry["metrics"] = metrics  # the evaluate stage's, flat: {"arc_easy.acc_norm": 0.47, ...}
     return entry
 
 

@@ -88,6 +88,21 @@ def run(
 
 
 @app.command()
+def sweep(
+    recipe: Path = RecipeArg,
+    store: str | None = StoreOpt,
+    runs_dir: Path = typer.Option(Path(".foundry/runs"), "--runs-dir", help="Where the sweep keeps its stage specs, logs and report (sweep.json, sweep.md, sweep.png)."),
+    force: bool = typer.Option(False, "--force", help="Redo every stage even when committed (a stage the points share runs once)."),
+    plan_only: bool = typer.Option(False, "--plan", help="Only list each point's stages: committed, to run, shared, or for the winner only."),
+    strict: bool = typer.Option(False, "--strict", help=StrictHelp),
+) -> None:
+    """Run every point of a recipe's sweep.grid up to its evaluation, sharing common stages; quantize and publish the best by sweep.select."""
+    from foundry.commands.sweep import sweep_recipe
+
+    raise typer.Exit(sweep_recipe(recipe, store, runs_dir, force=force, strict=strict, plan_only=plan_only))
+
+
+@app.command()
 def verify(target: str = typer.Argument(..., help="A published model folder, a stage key folder, or RECIPE/KEY in the store.", show_default=False), store: str | None = StoreOpt) -> None:
     """Re-hash every file of a published model or stage key; name what is missing or corrupted."""
     from foundry.commands.verify import verify_target
@@ -296,6 +311,24 @@ def data_split(
 
 
 @app.command()
+def evaluate(
+    target: str = typer.Argument(..., help="A model folder, RECIPE/KEY in the store, a published variant folder, tiny:NAME or a hub id.", show_default=False),
+    suites: list[str] = typer.Option(..., "--suite", help="arc_easy, arc_challenge, hellaswag, or a JSONL file (path or s3://); repeat for more.", show_default=False),
+    variant: str | None = typer.Option(None, "--variant", help="Score this ONNX variant (fp32, fp16, q8, q4, q2) with ONNX Runtime."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Only the first N items of each suite."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Sequences per forward pass (multiple choice)."),
+    max_new_tokens: int = typer.Option(32, "--max-new-tokens", min=1, help="The longest answer a generation suite waits for."),
+    out: Path | None = typer.Option(None, "--out", help="Write metrics.json (per-item results included) here."),
+    store: str | None = StoreOpt,
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Allow the model's own Python code."),
+) -> None:
+    """Score a model on evaluation suites (log-likelihood multiple choice, generation) and print the metrics."""
+    from foundry.commands.evaluate import evaluate_target
+
+    evaluate_target(target, suites, variant=variant, limit=limit, batch_size=batch_size, max_new_tokens=max_new_tokens, out=out, store_flag=store, trust_remote_code=trust_remote_code)
+
+
+@app.command()
 def query(
     model: str = typer.Argument(..., help="A model folder, RECIPE/KEY in the store, a published variant folder, tiny:NAME or a hub id.", show_default=False),
     prompt: str = typer.Argument(..., help="The question; it goes through the model's chat template.", show_default=False),
@@ -310,6 +343,65 @@ def query(
     from foundry.commands.query import query_model
 
     query_model(model, prompt, variant=variant, system=system, max_new_tokens=max_new_tokens, raw=raw, store_flag=store, trust_remote_code=trust_remote_code)
+
+
+OutOpt = typer.Option(Path("."), "--out", help="The folder the report files go to.")
+
+
+@app.command()
+def compare(
+    inputs: list[str] = typer.Argument(..., help="Two or more: metrics.json files, evaluate key folders, RECIPE/evaluate-KEY in the store, run folders or run ids.", show_default=False),
+    out: Path = OutOpt,
+    metrics: list[str] = typer.Option([], "--metric", help="Only this metric (arc_easy.acc_norm) or pattern (arc_easy.*); repeat for more."),
+    store: str | None = StoreOpt,
+) -> None:
+    """Evaluation results side by side: the winner per metric and deltas; writes compare.json, .md and .png."""
+    from foundry.commands.compare import compare_command
+
+    compare_command(inputs, out, metrics, store)
+
+
+@app.command("bench-variants")
+def bench_variants(
+    target: str = typer.Argument(..., help="A published model folder, a quantize key folder, or RECIPE/quantize-KEY in the store.", show_default=False),
+    suites: list[str] = typer.Option([], "--suite", help="Score each variant on this suite (arc_easy, ..., or a JSONL file); repeat for more. [default: next-token agreement]"),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Score only the first N items of each suite."),
+    tokens: int = typer.Option(32, "--tokens", min=1, help="Tokens generated per prompt to measure speed."),
+    out: Path = OutOpt,
+    store: str | None = StoreOpt,
+) -> None:
+    """Each ONNX variant's size, load time, tokens per second and quality against fp32; writes bench-variants.json, .md and .png."""
+    from foundry.commands.bench_variants import bench_variants_command
+
+    bench_variants_command(target, suites, limit, tokens, out, store)
+
+
+@app.command()
+def serve(
+    target: Path = typer.Argument(..., help="A publish folder (publish.to, holding models.json) or one published model folder.", show_default=False),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port to listen on (0: any free port)."),
+    variant: str | None = typer.Option(None, "--variant", help="The variant the API runs (fp32, fp16, q8, q4, q2). [default: each model's default, q4 when published]"),
+    model: str | None = typer.Option(None, "--model", help="Serve only this model (its id or catalogue key)."),
+) -> None:
+    """Serve published models on localhost: their files for browsers, and an OpenAI-compatible API (/v1) run by ONNX Runtime."""
+    from foundry.commands.serve import serve_command
+
+    serve_command(target, host=host, port=port, variant=variant, model=model)
+
+
+@app.command("bench-latency")
+def bench_latency(
+    url_or_target: str = typer.Argument(..., help="A running server's URL (http://127.0.0.1:8000), or a folder `foundry serve` takes (a server is started on it).", show_default=False),
+    model: str | None = typer.Option(None, "--model", help="The model to ask. [default: the first the server lists]"),
+    requests: int = typer.Option(5, "--requests", min=1, help="Timed requests, after one warm-up request."),
+    tokens: int = typer.Option(64, "--tokens", min=1, help="Tokens generated per request."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """First-token latency and tokens per second of streamed, greedy chat completions against an OpenAI-compatible server."""
+    from foundry.commands.serve import bench_latency_command
+
+    bench_latency_command(url_or_target, model=model, requests=requests, tokens=tokens, as_json=as_json)
 
 
 def main() -> None:

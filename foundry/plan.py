@@ -18,8 +18,7 @@ from foundry.recipe.schema import Recipe
 from foundry.stagespec import StageInput, StageName, StageSpec
 
 # Bump a stage's number when its code changes what it writes, to invalidate old keys.
-STAGE_VERSIONS: dict[str, int] = {"merge": 1, "finetune": 1, "quantize": 1, "publish": 1}
-_NOT_YET = {"evaluate": "evaluation"}
+STAGE_VERSIONS: dict[str, int] = {"merge": 1, "finetune": 1, "evaluate": 1, "quantize": 1, "publish": 1}
 
 
 @dataclass(frozen=True)
@@ -28,6 +27,9 @@ class PlannedStage:
     key: str
     inputs: dict[str, StageInput] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
+    # Keys that must be committed, with their gates passed, before this stage starts, without
+    # being inputs (so not in its key): quantize waits for the evaluation that may gate it.
+    after: tuple[str, ...] = ()
 
     def spec(self, recipe: str, store_url: str) -> StageSpec:
         return StageSpec(stage=self.stage, recipe=recipe, key=self.key, store=store_url, inputs=self.inputs, params=self.params)
@@ -52,9 +54,6 @@ class Plan:
 def plan(recipe: Recipe, *, strict: bool = False) -> Plan:
     """The recipe's stages; with `strict`, a fine-tune that does not fit the hardware the
     recipe declares is refused instead of warned about."""
-    for section, what in _NOT_YET.items():
-        if getattr(recipe, section) is not None:
-            raise UserError(f"recipe {recipe.name}: {section}: {what} is not available in this Foundry version yet; remove the {section} section to run the other stages")
     stages: list[PlannedStage] = []
     warnings: list[str] = []
     model = _model_source(recipe, stages)
@@ -62,12 +61,20 @@ def plan(recipe: Recipe, *, strict: bool = False) -> Plan:
         finetune = _finetune(recipe, model, strict, warnings)
         stages.append(finetune)
         model = StageInput(key=finetune.key)
+    evaluation: StageInput | None = None
+    if recipe.evaluate is not None:
+        evaluate = _planned("evaluate", {"model": model}, _evaluate_params(recipe))
+        stages.append(evaluate)
+        evaluation = StageInput(key=evaluate.key)
+    gated_by = (evaluation.key,) if evaluation and evaluation.key else ()
     if recipe.quantize is not None:
         params = {"variants": list(recipe.quantize.variants), "prompts": recipe.quantize.prompts, "trust_remote_code": recipe.trust_remote_code, "allow_pickle": recipe.allow_pickle}
-        quantize = _planned("quantize", {"model": model}, params)
+        quantize = _planned("quantize", {"model": model}, params, after=gated_by)
         stages.append(quantize)
         if recipe.publish is not None:
-            stages.append(_planned("publish", {"onnx": StageInput(key=quantize.key)}, _publish_params(recipe)))
+            # The evaluation is an input of publish: its metrics go into the catalogue entry.
+            inputs = {"onnx": StageInput(key=quantize.key), **({"evaluation": evaluation} if evaluation else {})}
+            stages.append(_planned("publish", inputs, _publish_params(recipe), after=gated_by))
     if not stages:
         raise UserError(f"recipe {recipe.name}: nothing to run; merge several models (merge_method), add finetune: {{dataset: ...}}, or add quantize: {{variants: [q4]}}")
     warnings += _gated_warnings(recipe)
@@ -118,7 +125,28 @@ def _gated_warnings(recipe: Recipe) -> list[str]:
     return gated_warnings(sources, load_registry())
 
 
-def _planned(stage: StageName, inputs: dict[str, StageInput], params: dict[str, Any], identity: Any = None) -> PlannedStage:
+def _evaluate_params(recipe: Recipe) -> dict[str, Any]:
+    """The suites as the stage reads them; a local JSONL file carries its sha256, so editing
+    a suite changes the key (an s3:// one is taken as written, as finetune datasets are)."""
+    from foundry.registry.apply import dataset_identity
+
+    assert recipe.evaluate is not None
+    spec = recipe.evaluate
+    suites: list[Any] = []
+    for suite in spec.suites:
+        if isinstance(suite, str):
+            suites.append(suite)
+            continue
+        location = _absolute(suite.jsonl)
+        identity = dataset_identity(location)
+        suites.append({"jsonl": location, **({"sha256": identity[1]} if len(identity) > 1 else {})})
+    return {
+        "suites": suites, "limit": spec.limit, "gate": dict(spec.gate), "batch_size": spec.batch_size, "max_new_tokens": spec.max_new_tokens,
+        "trust_remote_code": recipe.trust_remote_code, "allow_pickle": recipe.allow_pickle,
+    }
+
+
+def _planned(stage: StageName, inputs: dict[str, StageInput], params: dict[str, Any], identity: Any = None, after: tuple[str, ...] = ()) -> PlannedStage:
     material = {
         "stage": stage,
         "version": STAGE_VERSIONS[stage],
@@ -126,7 +154,7 @@ def _planned(stage: StageName, inputs: dict[str, StageInput], params: dict[str, 
         "input_identity": [_identity(source.model) for source in inputs.values() if source.model] + ([identity] if identity else []),
         "params": params,
     }
-    return PlannedStage(stage, f"{stage}-{short_hash(material)}", inputs, params)
+    return PlannedStage(stage, f"{stage}-{short_hash(material)}", inputs, params, after)
 
 
 def _model_identities(recipe: Recipe) -> list[Any]:

@@ -129,6 +129,9 @@ def cluster_warnings(recipe: Recipe) -> list[str]:
             warnings.append(f"recipe {recipe.name}: model {reference} is a local path, which pods cannot read; use s3:// or a hub id")
     if recipe.finetune is not None and "://" not in recipe.finetune.dataset:
         warnings.append(f"recipe {recipe.name}: finetune.dataset {recipe.finetune.dataset} is a local path, which pods cannot read; use s3://")
+    for index, suite in enumerate(recipe.evaluate.suites if recipe.evaluate else []):
+        if not isinstance(suite, str) and "://" not in suite.jsonl:
+            warnings.append(f"recipe {recipe.name}: evaluate.suites[{index}] {suite.jsonl} is a local path, which pods cannot read; use s3://")
     return warnings
 
 
@@ -155,7 +158,7 @@ def _plan_document(the_plan: Plan, recipe: Recipe) -> dict[str, Any]:
         stages.append({
             "stage": planned.stage,
             "key": planned.key,
-            "needs": [source.key for source in planned.inputs.values() if source.key],
+            "needs": list(dict.fromkeys([source.key for source in planned.inputs.values() if source.key] + list(planned.after))),
             "spec": planned.spec(the_plan.recipe, "").model_dump(mode="json", exclude={"store"}, exclude_none=True),
             "resources": _resources(recipe, planned.stage),
         })

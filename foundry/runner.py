@@ -2,7 +2,9 @@
 
 Each stage runs as `python -m jobs SPEC.json`, exactly what a stage pod runs, with its
 output going to a log file in the run folder. A committed key is skipped unless forced;
-a failing stage stops the run with its last error lines and the log's path.
+a failing stage stops the run with its last error lines and the log's path, and an
+evaluation that missed its gate stops it before the stages planned after it (quantize,
+publish), whether that evaluation ran now or was committed before.
 """
 
 import json
@@ -14,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from foundry import gate
 from foundry.errors import USER_ERROR_EXIT_CODE, UserError
 from foundry.plan import Plan, PlannedStage
 from foundry.stagespec import STAGE_ORDER
@@ -45,6 +48,16 @@ class StageFailed(Exception):
         return self.exit_code == USER_ERROR_EXIT_CODE
 
 
+class Gated(Exception):
+    """An evaluation's gate failed: `stage` and every stage after it were not run."""
+
+    def __init__(self, stage: PlannedStage, line: str, results: list[StageResult]) -> None:
+        super().__init__(line)
+        self.stage = stage
+        self.line = line
+        self.results = results
+
+
 Reporter = Callable[[str, PlannedStage, StageResult | None], None]
 
 
@@ -65,6 +78,10 @@ def run_plan(plan: Plan, store: Store, run_dir: Path, stages: list[PlannedStage]
     run_dir.mkdir(parents=True, exist_ok=True)
     results: list[StageResult] = []
     for planned in stages:
+        stopped = gate.blocking(store, plan.recipe, planned.after)
+        if stopped is not None:
+            (run_dir / "summary.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
+            raise Gated(planned, stopped, results)
         marker = None if force else store.marker(plan.recipe, planned.key)
         if marker is not None:
             result = StageResult(planned.stage, planned.key, "cached", 0.0, int(marker.get("size_bytes", 0)))

@@ -15,9 +15,10 @@ from pydantic import BaseModel
 
 from foundry.store import Store
 
-StageState = Literal["pending", "running", "succeeded", "failed", "cached", "cancelled"]
+# "gated": not run because an evaluation before it missed its gate (foundry/gate.py).
+StageState = Literal["pending", "running", "succeeded", "failed", "cached", "cancelled", "gated"]
 # "unknown" only in a view read back from a cluster whose driver Job is gone; never saved.
-RunState = Literal["running", "succeeded", "failed", "cancelled", "unknown"]
+RunState = Literal["running", "succeeded", "failed", "cancelled", "gated", "unknown"]
 RUNS_FOLDER = "_runs"
 
 

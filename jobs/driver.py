@@ -14,7 +14,8 @@ its Job for its grace period.
 
 Exit codes follow the chart's podFailurePolicy, which fails the driver Job at once on 2:
 0 the run succeeded; 2 it cannot succeed by retrying the driver (a stage failed, having used
-its own Job's retries; the run was cancelled; the plan is bad); 1 anything a retry may fix
+its own Job's retries; an evaluation missed its gate, so quantize and publish never start;
+the run was cancelled; the plan is bad); 1 anything a retry may fix
 (the cluster out of reach): the driver Job's backoff starts it again, and it carries on.
 """
 
@@ -27,14 +28,15 @@ from pathlib import Path
 
 from kubernetes.client import V1Job
 
-from foundry import runstatus
+from foundry import gate, runstatus
 from foundry.errors import USER_ERROR_EXIT_CODE, UserError
 from foundry.k8s.cluster import Cluster, connect
 from foundry.k8s.errors import ClusterError, explained
 from foundry.k8s.jobs import WATCH_SECONDS, follow_jobs, observe_stage
-from foundry.k8s.runs import PlanStage, RunPlan, read_plan
+from foundry.k8s.runs import PlanStage, RunPlan, SweepPlan, read_plan, read_sweep_plan
 from foundry.runstatus import RunStatus, StageStatus
 from foundry.store import SUCCESS_MARKER, Store, open_store
+from foundry.sweeping import Selection, document
 
 LOG = logging.getLogger("foundry.driver")
 RUN_ENV = "FOUNDRY_RUN"
@@ -62,16 +64,28 @@ class Driver:
     def run(self) -> int:
         LOG.info("run %s: %d stage(s), namespace %s, store %s", self.run_id, len(self.plan.stages), self.cluster.namespace, self.store.url)
         runstatus.save(self.store, self.status)
-        follow_jobs(self.cluster, [planned.job_name for planned in self.plan.stages], self._step, self.watch_seconds)
+        follow_jobs(self.cluster, self._job_names(), self._step, self.watch_seconds)
         return 0 if self.status.state == "succeeded" else USER_ERROR_EXIT_CODE
+
+    def _job_names(self) -> list[str]:
+        """The Jobs this run may create (a sweep's winner adds its own once chosen)."""
+        return [planned.job_name for planned in self.plan.stages]
 
     def _step(self, jobs: dict[str, V1Job]) -> bool:
         """One pass over the stages with the cluster's Jobs as they are; True once the run is over."""
         before = self.status.model_dump()
+        self._advance(jobs)
+        over = self._conclude()
+        if over or self.status.model_dump() != before:
+            runstatus.save(self.store, self.status)
+        return over
+
+    def _advance(self, jobs: dict[str, V1Job]) -> None:
+        """Bring every stage's row up to date, creating the Jobs whose inputs are committed."""
         keys = {planned.key for planned in self.plan.stages} | {need for planned in self.plan.stages for need in planned.needs}
         committed = {key for key in keys if self.store.is_committed(self.plan.recipe, key)}  # one look at the store per pass
         for row, planned in zip(self.status.stages, self.plan.stages, strict=True):
-            if row.state in ("succeeded", "cached", "failed", "cancelled"):
+            if row.state in ("succeeded", "cached", "failed", "cancelled", "gated"):
                 continue
             previous = row.state
             job = jobs.get(planned.job_name)
@@ -82,13 +96,13 @@ class Driver:
             elif row.state == "running":  # its Job was there and is gone: deleted, as `foundry cancel` does
                 row.state, row.reason = "cancelled", f"Job {planned.job_name} was deleted while it ran"
             elif committed.issuperset(planned.needs):
-                jobs[planned.job_name] = self._create(row, planned)  # seen now, whatever the watch brings first
+                stopped = gate.blocking(self.store, self.plan.recipe, planned.needs)
+                if stopped is not None:
+                    row.state, row.reason = "gated", stopped
+                else:
+                    jobs[planned.job_name] = self._create(row, planned)  # seen now, whatever the watch brings first
             if row.state != previous:
                 self._report(row)
-        over = self._conclude()
-        if over or self.status.model_dump() != before:
-            runstatus.save(self.store, self.status)
-        return over
 
     def _committed(self, row: StageStatus, job: V1Job | None) -> None:
         if row.state == "pending":
@@ -130,6 +144,12 @@ class Driver:
             self.status.state = "cancelled"
             for row in self.status.stages:
                 row.state = "cancelled" if row.state == "pending" else row.state
+        elif "gated" in states and "running" not in states:
+            self.status.state = "gated"  # what waits on a gated stage never runs either
+            reason = next(row.reason for row in self.status.stages if row.state == "gated")
+            for row in self.status.stages:
+                if row.state == "pending":
+                    row.state, row.reason = "gated", reason
         elif all(state in ("succeeded", "cached") for state in states):
             self.status.state = "succeeded"
         else:
@@ -139,6 +159,9 @@ class Driver:
         return True
 
     def _report(self, row: StageStatus) -> None:
+        if row.state == "gated":
+            LOG.error("%s: not run: %s", row.key, row.reason)
+            return
         if row.state == "failed":
             LOG.error("%s: failed: %s (pod %s)", row.key, row.reason, row.pod)
             for line in row.log_tail:
@@ -148,10 +171,82 @@ class Driver:
         LOG.info("%s: %s%s", row.key, row.state, pod)
 
 
+class SweepDriver(Driver):
+    """A sweep's run (`--sweep plans.json`), sequenced by foundry.sweeping: first the
+    exploration, every point's stages up to its evaluation with each key once; then, when
+    all of them are committed, the best point by `sweep.select`, read from the evaluate
+    markers in the store, and that point's quantize and publish, which join the run's status.
+
+    Re-entrant like the one-plan driver: the markers do not change, so a restarted driver
+    chooses the same winner, and a status saved with the winner's rows tells it a choice was
+    made. A selection metric that no evaluation produced fails the run, naming it. The sweep's
+    report (foundry.sweeping.document) is kept beside the status, `_runs/<run>/sweep.json`.
+    """
+
+    def __init__(self, run: str, plan: SweepPlan, cluster: Cluster, store: Store, watch_seconds: int = WATCH_SECONDS) -> None:
+        self.sweep = plan.sweep()
+        self.selection: Selection | None = None
+        self.refusal: str | None = None
+        super().__init__(run, plan.exploration_plan(), cluster, store, watch_seconds)
+        if len(self.status.stages) > len(self.plan.stages):  # a predecessor chose the winner
+            self._choose()
+
+    def _job_names(self) -> list[str]:
+        return list(dict.fromkeys(planned.job_name for point in self.sweep.points for planned in point.stages))
+
+    def _advance(self, jobs: dict[str, V1Job]) -> None:
+        super()._advance(jobs)
+        explored = all(row.state in ("succeeded", "cached") for row in self.status.stages)
+        if explored and self.selection is None and self.refusal is None and self.sweep.select is not None:
+            self._choose()
+            super()._advance(jobs)  # the winner's first stage starts now, not a watch later
+
+    def _choose(self) -> None:
+        try:
+            self.selection = self.sweep.choose(self.sweep.metrics(self.store))
+        except UserError as error:
+            self.refusal = str(error)
+            LOG.error("run %s: %s", self.run_id, error)
+            return
+        winner = self.sweep.points[self.selection.winner]
+        LOG.info("run %s: best point %d of %d (%s): %s = %s; its %s next", self.run_id, winner.index + 1, len(self.sweep.points), winner.label,
+                 self.selection.metric, self.selection.values[winner.index], ", ".join(planned.stage for planned in winner.finishing) or "nothing")
+        known = {row.key for row in self.status.stages}
+        for planned in winner.finishing:
+            self.plan.stages.append(planned)
+            if planned.key not in known:
+                self.status.stages.append(StageStatus(stage=planned.stage, key=planned.key, job=planned.job_name))
+        if [row.key for row in self.status.stages] != [planned.key for planned in self.plan.stages]:
+            raise UserError(f"run {self.run_id}: the status saved in {self.store.url} lists other stages than this sweep plans; was the run's plan changed?")
+        self._save_report()
+
+    def _conclude(self) -> bool:
+        if self.refusal is not None:
+            self.status.state, self.status.finished = "failed", runstatus.now()
+        elif not super()._conclude():
+            return False
+        self._save_report()
+        return True
+
+    def _save_report(self) -> None:
+        outcomes = {row.key: {"succeeded": "ran"}.get(row.state, row.state) for row in self.status.stages}
+        try:
+            metrics = self.sweep.metrics(self.store)
+        except UserError:  # an evaluation without metrics is the refusal this report records
+            metrics = [None] * len(self.sweep.points)
+        report = document(self.sweep, metrics=metrics, outcomes=outcomes, selection=self.selection, state=self.status.state, reason=self.refusal)
+        self.store.put_document(sweep_document_path(self.run_id), report)
+
+
+def sweep_document_path(run: str) -> str:
+    return f"{runstatus.RUNS_FOLDER}/{run}/sweep.json"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m jobs.driver", description="Run a Foundry plan's stage Jobs in order, in the cluster.")
     parser.add_argument("plan", nargs="?", type=Path, help="the run's plan.json, as mounted from its ConfigMap (or give --plan)")
     parser.add_argument("--plan", dest="plan_option", type=Path, metavar="PLAN", help="the same, as an option")
+    parser.add_argument("--sweep", action="store_true", help="the plan is a sweep's plans.json: run every point up to its evaluation, then the best point's quantize and publish")
     parser.add_argument("--run", default=os.environ.get(RUN_ENV), help=f"the run's id: its driver Job's name [env: {RUN_ENV}, which the chart sets]")
     parser.add_argument("--namespace", default=os.environ.get(NAMESPACE_ENV), help=f"where the stage Jobs go [env: {NAMESPACE_ENV}; default: the pod's own namespace]")
     parser.add_argument("--watch-seconds", type=int, default=WATCH_SECONDS, help="how long one watch of the Jobs lasts before the driver re-checks the store")
@@ -167,8 +262,13 @@ def main(argv: list[str] | None = None) -> None:
             text = plan_path.read_text()
         except OSError as error:
             raise UserError(f"plan {plan_path}: {error.strerror}") from error
-        plan = read_plan(text, str(plan_path))
-        code = Driver(args.run, plan, connect(namespace=args.namespace), open_store(plan.store), args.watch_seconds).run()
+        if args.sweep:
+            sweep = read_sweep_plan(text, str(plan_path))
+            driver: Driver = SweepDriver(args.run, sweep, connect(namespace=args.namespace), open_store(sweep.store), args.watch_seconds)
+        else:
+            plan = read_plan(text, str(plan_path))
+            driver = Driver(args.run, plan, connect(namespace=args.namespace), open_store(plan.store), args.watch_seconds)
+        code = driver.run()
     except ClusterError as error:  # the cluster, not the run: exit 1, and the driver Job's backoff retries
         print(f"error: {error}", file=sys.stderr)
         sys.exit(1)

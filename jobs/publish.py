@@ -16,6 +16,8 @@ the stage's staging folder (committed into the store) and copied to `<to>/<entry
 The copy lands in a hidden sibling folder first and is swapped in by rename, then
 `models.json` is rewritten under a lock (foundry/catalog.py). The folder swap and the
 catalogue write happen under the same lock, so concurrent publishers serialise there.
+Last, the catalogue page (foundry/web/: index.html, foundry-catalogue.js and .css) is
+written beside `models.json`; a user's own index.html is never replaced (foundry/web/page.py).
 
 When `to` is `s3://BUCKET/PREFIX` the folder is uploaded instead to
 `<to>/<entry id>/<version>/`, the version a hash of its files, every file before the
@@ -25,7 +27,9 @@ no client sees an entry whose files are not all there; the catalogue is then in 
 Params: `to` (folder, file:// or s3:// URL), `shard_size_mb`, `catalog` (default `<to>/models.json`),
 `entry` {id, name, key, description}, `recipe_hash`, `fusion` {method, sources} | null,
 `variants` (levels), and optionally `base_url` (the URL prefix of `to`, when the folder-name
-rule of catalog.base_url does not fit the web server).
+rule of catalog.base_url does not fit the web server). Input `evaluation` (when the recipe
+evaluates): the evaluate stage's folder, whose flat metrics go into the catalogue entry
+(`metrics`) and the manifest; a missed gate is refused here too.
 """
 
 import ctypes
@@ -44,6 +48,7 @@ from foundry.errors import UserError
 from foundry.hashing import sha256_file
 from foundry.stagespec import StageSpec
 from foundry.variants import ONNX_FOLDER, TRANSFORMERS_JS_DTYPE, VARIANT_FILES
+from foundry.web import page
 from jobs.external_data import MIB, ChunkedModel, TooManyChunks, check_chunks, kv_cache_float16, rechunk
 
 if TYPE_CHECKING:
@@ -79,6 +84,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
 
     report = _quantize_report(source)
     levels = _levels(params.get("variants"), report, source)
+    metrics = _evaluation_metrics(inputs.get("evaluation"))
 
     # 1. The layout, in the staging folder.
     _copy_root_files(source, out)
@@ -104,7 +110,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     variants_manifest = {level: _variant_record(level, chunked[level], report.get(level, {}), out) for level in chunked}
     manifest.write(out, manifest.build(
         out, recipe_hash=params.get("recipe_hash"), variants=variants_manifest,
-        id=model_id, name=name, default_variant=default, fusion=params.get("fusion"),
+        id=model_id, name=name, default_variant=default, fusion=params.get("fusion"), **({"metrics": metrics} if metrics else {}),
     ))
 
     # 3. The copy, swapped in whole (or uploaded to a new content-addressed folder of the
@@ -118,12 +124,14 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         model_id=model_id, name=name, description=entry_params.get("description"),
         size_mb=_mb(chunked[default].size_bytes + shared_bytes), base=base,
         variants={level: _catalog_variant(record, shared_bytes) for level, record in variants_manifest.items()},
-        default_variant=default, recipe_hash=params.get("recipe_hash"), fusion=params.get("fusion"),
+        default_variant=default, recipe_hash=params.get("recipe_hash"), fusion=params.get("fusion"), metrics=metrics,
     )
     if remote is None:
         published, catalog_location = str(_publish_folder(out, to, model_id, catalog_path, key, entry)), str(catalog_path)
+        page_files = [str(path) for path in page.write(catalog_path.parent)]
     else:
         published, catalog_location = remote.publish(out, model_id, version, key, entry), remote.catalog.url
+        page_files = remote.publish_page()
     files = manifest.list_paths(out)
     LOG.info("publish: %s published at %s, entry %r in %s", model_id, published, key, catalog_location)
     return {
@@ -135,6 +143,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         "default_variant": default,
         "files": len(files) + 1,
         "chunks": {level: len(result.chunks) for level, result in chunked.items()},
+        "page": page_files,
         "size_bytes": sum((out / path).stat().st_size for path in files) + (out / manifest.MANIFEST_NAME).stat().st_size,
     }
 
@@ -163,6 +172,21 @@ def _input_folder(inputs: dict[str, Path]) -> Path:
     if not folder.is_dir():
         raise UserError(f"publish: input {folder} is not a folder")
     return folder
+
+
+def _evaluation_metrics(folder: Path | None) -> dict[str, float] | None:
+    """The evaluate stage's flat metrics, for the catalogue entry and the manifest; a model
+    whose evaluation missed its gate is refused here too, whoever asked for the publish."""
+    if folder is None:
+        return None
+    from foundry import gate
+    from foundry.metrics import METRICS_FILE, read_metrics
+
+    document = _read_json(Path(folder) / METRICS_FILE)
+    verdict = document.get("gate")
+    if isinstance(verdict, dict) and not verdict.get("passed", False):
+        raise UserError(f"publish: the evaluation missed its gate ({gate.failure_line(verdict)}); a gated model is never published")
+    return read_metrics(folder)
 
 
 def _shard_bytes(value: Any) -> int:

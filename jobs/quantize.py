@@ -32,6 +32,7 @@ from typing import Any
 from foundry.errors import UserError
 from foundry.stagespec import StageSpec
 from foundry.variants import ONNX_FOLDER, VARIANT_FILES
+from jobs.onnx_decoder import decoder_feeds, decoder_session, empty_past
 
 LOG = logging.getLogger("foundry.quantize")
 
@@ -107,10 +108,10 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
             LOG.info("quantize: %s written (%d bytes, %.1fs)", target.name, files[variant]["size_bytes"], seconds[variant])
 
     tick = time.perf_counter()
-    token_ids = _tokenize(model_dir, prompts, trust_remote_code=trust_remote_code)
+    token_ids = tokenize_prompts(model_dir, prompts, trust_remote_code=trust_remote_code)
     reference = _pytorch_logits(model_dir, token_ids, trust_remote_code=trust_remote_code)
     for variant in variants:
-        files[variant].update(_agreement(reference, _onnx_logits(onnx_dir / VARIANT_FILES[variant], token_ids)))
+        files[variant].update(agreement(reference, onnx_logits(decoder_session(onnx_dir / VARIANT_FILES[variant]), token_ids)))
     seconds["agreement"] = time.perf_counter() - tick
     seconds["total"] = time.perf_counter() - started
 
@@ -230,7 +231,7 @@ def _describe(path: Path, io: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _tokenize(model_dir: Path, prompts: list[str], *, trust_remote_code: bool) -> list[list[int]]:
+def tokenize_prompts(model_dir: Path, prompts: list[str], *, trust_remote_code: bool) -> list[list[int]]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
@@ -260,43 +261,19 @@ def _pytorch_logits(model_dir: Path, token_ids: list[list[int]], *, trust_remote
     return logits
 
 
-def decoder_session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def empty_past(session: Any, batch: int = 1) -> dict[str, Any]:
-    """Zero-length past key values for every `past_key_values.*` input of the session."""
+def onnx_logits(session: Any, token_ids: list[list[int]]) -> list[Any]:
+    """Logits at every position of each prompt, from one full-sequence forward with an empty past."""
     import numpy as np
 
-    dtypes = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
-    feeds = {}
-    for spec in session.get_inputs():
-        if spec.name.startswith("past_key_values."):
-            shape = [d if isinstance(d, int) else (batch if "batch" in str(d) else 0) for d in spec.shape]
-            feeds[spec.name] = np.zeros(shape, dtype=dtypes[spec.type])
-    return feeds
-
-
-def _onnx_logits(path: Path, token_ids: list[list[int]]) -> list[Any]:
-    import numpy as np
-
-    session = decoder_session(path)
-    names = {i.name for i in session.get_inputs()}
     logits = []
     for ids in token_ids:
         input_ids = np.array([ids], dtype=np.int64)
-        feeds = {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids), **empty_past(session)}
-        if "position_ids" in names:
-            feeds["position_ids"] = np.arange(len(ids), dtype=np.int64)[None, :]
+        feeds = decoder_feeds(session, input_ids, np.ones_like(input_ids), empty_past(session))
         logits.append(session.run(["logits"], feeds)[0][0].astype(np.float32))
     return logits
 
 
-def _agreement(reference: list[Any], logits: list[Any]) -> dict[str, Any]:
+def agreement(reference: list[Any], logits: list[Any]) -> dict[str, Any]:
     import numpy as np
 
     pairs = list(zip(reference, logits, strict=True))

@@ -9,6 +9,7 @@ answers is what a browser running that variant answers.
 
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,8 +69,12 @@ def prompt_ids(tokenizer: Any, prompt: str, *, system: str | None, raw: bool) ->
     assistant's turn opened. A tokenizer without a template gets the raw text."""
     if raw or not tokenizer.chat_template:
         return list(tokenizer(prompt)["input_ids"])
-    chat = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    text = tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    return chat_ids(tokenizer, ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}])
+
+
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """A conversation ({role, content} each) through the chat template, the assistant's turn opened."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -93,25 +98,44 @@ class TorchGenerator:
         with quiet_loaders():
             self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code)
         self.model.eval()
+        if torch.cuda.is_available():  # a GPU pod (finetune, evaluate): float32 still, so scores match a CPU's
+            self.model.to("cuda")
         self.stops = stop_ids(folder, self.tokenizer)
 
     def generate(self, prompt: str, *, max_new_tokens: int, system: str | None = None, raw: bool = False) -> Answer:
+        return self.generate_many([(prompt, system)], max_new_tokens=max_new_tokens, raw=raw)[0]
+
+    def generate_many(self, prompts: list[tuple[str, str | None]], *, max_new_tokens: int, raw: bool = False) -> list[Answer]:
+        """Greedy answers to (prompt, system) pairs in one batch, left-padded as generation
+        needs; each Answer's seconds are the batch's (how long each answer took to come)."""
         import torch
 
-        ids = prompt_ids(self.tokenizer, prompt, system=system, raw=raw)
-        started = time.perf_counter()
-        tensor = torch.tensor([ids])
+        rows = [prompt_ids(self.tokenizer, prompt, system=system, raw=raw) for prompt, system in prompts]
+        width = max(len(ids) for ids in rows)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else next(iter(self.stops), 0)
+        tensor = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(tensor)
+        for row, ids in enumerate(rows):
+            tensor[row, width - len(ids):] = torch.tensor(ids)
+            mask[row, width - len(ids):] = 1
+        started = time.perf_counter()
         with torch.no_grad():
-            output = self.model.generate(tensor, attention_mask=torch.ones_like(tensor), max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=sorted(self.stops) or None, pad_token_id=pad)
-        new = [token for token in output[0, len(ids):].tolist()]
-        new = new[: next((index for index, token in enumerate(new) if token in self.stops), len(new))]
-        return Answer(self.tokenizer.decode(new, skip_special_tokens=True).strip(), len(ids), len(new), time.perf_counter() - started)
+            output = self.model.generate(
+                tensor.to(self.model.device), attention_mask=mask.to(self.model.device), max_new_tokens=max_new_tokens, do_sample=False,
+                eos_token_id=sorted(self.stops) or None, pad_token_id=pad,
+            )
+        seconds = time.perf_counter() - started
+        answers = []
+        for row, ids in enumerate(rows):
+            new = output[row, width:].tolist()
+            new = new[: next((index for index, token in enumerate(new) if token in self.stops), len(new))]
+            answers.append(Answer(self.tokenizer.decode(new, skip_special_tokens=True).strip(), len(ids), len(new), seconds))
+        return answers
 
 
 class OnnxGenerator:
     def __init__(self, folder: Path, variant: str) -> None:
-        from jobs.quantize import decoder_session
+        from jobs.onnx_decoder import decoder_session
 
         if variant not in VARIANT_FILES:
             raise UserError(f"--variant {variant}: unknown; expected one of {', '.join(VARIANT_FILES)}")
@@ -119,31 +143,65 @@ class OnnxGenerator:
         if not path.exists():
             present = [name for name, file in VARIANT_FILES.items() if (folder / ONNX_FOLDER / file).exists()]
             raise UserError(f"{folder}: no {variant} variant ({ONNX_FOLDER}/{VARIANT_FILES[variant]}); it has {', '.join(present) or 'none'}")
+        self.variant = variant
         self.tokenizer = _tokenizer(folder, False)
+        started = time.perf_counter()
         self.session = decoder_session(path)
-        self.inputs = {spec.name for spec in self.session.get_inputs()}
+        self.load_seconds = time.perf_counter() - started     # ONNX Runtime's session creation: what bench-variants reports
         self.outputs = [spec.name for spec in self.session.get_outputs()]
         self.stops = stop_ids(folder, self.tokenizer)
 
     def generate(self, prompt: str, *, max_new_tokens: int, system: str | None = None, raw: bool = False) -> Answer:
-        import numpy as np
-
-        from jobs.quantize import empty_past
-
         ids = prompt_ids(self.tokenizer, prompt, system=system, raw=raw)
         started = time.perf_counter()
+        new = list(self.token_ids(ids, max_new_tokens))
+        return Answer(self.tokenizer.decode(new, skip_special_tokens=True).strip(), len(ids), len(new), time.perf_counter() - started)
+
+    def token_ids(self, ids: list[int], max_new_tokens: int, *, pick: Callable[[Any], int] | None = None, stops: set[int] | None = None) -> Iterator[int]:
+        """Greedy tokens after the prompt `ids`, one at a time (for streaming, and for comparing
+        token for token with a web client), until a stop token (not yielded) or the limit.
+
+        `pick` chooses the token from the last position's logits instead of argmax (sampling,
+        see `sampler`); `stops` replaces the model's stop tokens (empty: run to the limit)."""
+        import numpy as np
+
+        from jobs.onnx_decoder import decoder_feeds, empty_past, next_past
+
         past = empty_past(self.session)
-        fed, length, new = ids, 0, []
+        fed, length = ids, 0
         for _ in range(max_new_tokens):
-            feeds = {"input_ids": np.array([fed], dtype=np.int64), "attention_mask": np.ones((1, length + len(fed)), dtype=np.int64), **past}
-            if "position_ids" in self.inputs:
-                feeds["position_ids"] = np.arange(length, length + len(fed), dtype=np.int64)[None, :]
+            feeds = decoder_feeds(self.session, np.array([fed], dtype=np.int64), np.ones((1, length + len(fed)), dtype=np.int64), past)
             results = dict(zip(self.outputs, self.session.run(self.outputs, feeds), strict=True))
-            token = int(results["logits"][0, -1].argmax())
-            if token in self.stops:
-                break
-            new.append(token)
-            past = {"past_key_values." + name.removeprefix("present."): value for name, value in results.items() if name.startswith("present.")}
+            logits = results["logits"][0, -1]
+            token = int(logits.argmax()) if pick is None else pick(logits)
+            if token in (self.stops if stops is None else stops):
+                return
+            yield token
+            past = next_past(results)
             length += len(fed)
             fed = [token]
-        return Answer(self.tokenizer.decode(new, skip_special_tokens=True).strip(), len(ids), len(new), time.perf_counter() - started)
+
+
+def sampler(temperature: float, top_p: float = 1.0, seed: int | None = None) -> Callable[[Any], int] | None:
+    """How a server picks tokens: None (greedy, argmax) at temperature 0; else a draw from the
+    softmax of logits/temperature, within the smallest set of tokens whose probability reaches
+    `top_p`, from a generator seeded with `seed` so that a seeded request is reproducible."""
+    if temperature == 0:
+        return None
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+
+    def pick(logits: Any) -> int:
+        scaled = logits.astype(np.float64) / temperature
+        probs = np.exp(scaled - scaled.max())
+        probs /= probs.sum()
+        if top_p < 1.0:
+            order = np.argsort(-probs, kind="stable")
+            keep = order[: int(np.searchsorted(np.cumsum(probs[order]), top_p)) + 1]
+            nucleus = np.zeros_like(probs)
+            nucleus[keep] = probs[keep]
+            probs = nucleus / nucleus.sum()
+        return int(rng.choice(len(probs), p=probs))
+
+    return pick

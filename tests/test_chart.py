@@ -34,10 +34,12 @@ merge_method: slerp
 base_model: "tiny:llama-a"
 parameters: {t: 0.4}
 dtype: float32
+evaluate: {suites: [{jsonl: "s3://eval-bucket/qa.jsonl"}]}
 quantize: {variants: [q8]}
 publish: {to: "s3://web-bucket/models", entry: {id: tiny-sweep-q8}}
 sweep:
   grid: {parameters.t: [0.3, 0.5, 0.7]}
+  select: {metric: qa.exact_match, mode: max}
 resources:
   quantize: {gpu: 1, memory: 24Gi}
   merge: {cpu: 0.5, ephemeral_storage: 10Gi}

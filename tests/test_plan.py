@@ -57,8 +57,11 @@ def test_nothing_to_run_is_said(tmp_path: Path) -> None:
         plan(load_recipe(path))
 
 
-def test_stages_of_later_versions_are_refused_clearly(tmp_path: Path) -> None:
+def test_evaluate_comes_before_quantize_which_waits_for_its_gate(tmp_path: Path) -> None:
     path = tmp_path / "ev.yml"
-    path.write_text("models: [{model: tiny:gpt2-a}]\nevaluate: {suites: [arc_easy]}\nquantize: {variants: [q8]}\n")
-    with pytest.raises(UserError, match="evaluate: evaluation is not available"):
-        plan(load_recipe(path))
+    path.write_text("models: [{model: tiny:gpt2-a}]\nevaluate: {suites: [arc_easy]}\nquantize: {variants: [q8]}\npublish: {to: ./out}\n")
+    evaluate, quantize, publish = plan(load_recipe(path)).stages
+    assert (evaluate.stage, quantize.stage, publish.stage) == ("evaluate", "quantize", "publish")
+    assert evaluate.inputs["model"].model == "tiny:gpt2-a" and quantize.inputs["model"].model == "tiny:gpt2-a"
+    assert quantize.after == (evaluate.key,) and publish.after == (evaluate.key,)
+    assert publish.inputs["evaluation"].key == evaluate.key

@@ -244,7 +244,7 @@ def test_publish_lays_out_the_transformers_js_folder(quantized, tmp_path, caplog
 
     # the staging folder holds the same layout, and no temporary folder is left beside the model
     assert manifest.verify(tmp_path / "out-0") == []
-    assert sorted(path.name for path in to.iterdir()) == ["models.json", "models.json.lock", "tiny-chat-q4"]
+    assert sorted(path.name for path in to.iterdir()) == ["foundry-catalogue.css", "foundry-catalogue.js", "index.html", "models.json", "models.json.lock", "tiny-chat-q4"]
 
 
 def test_manifest_verifies_and_names_the_corrupted_or_missing_file(quantized, tmp_path):
@@ -316,7 +316,7 @@ def test_republish_replaces_the_folder_whole(quantized, tmp_path):
     assert manifest.verify(to / "tiny-chat-q4") == []
     config = json.loads((to / "tiny-chat-q4" / "config.json").read_text())
     assert config["transformers.js_config"]["use_external_data_format"] == {"model_fp16.onnx": 1, "model_q4.onnx": 1}
-    assert sorted(path.name for path in to.iterdir()) == ["models.json", "models.json.lock", "tiny-chat-q4"]
+    assert sorted(path.name for path in to.iterdir()) == ["foundry-catalogue.css", "foundry-catalogue.js", "index.html", "models.json", "models.json.lock", "tiny-chat-q4"]
     assert list(json.loads((to / "models.json").read_text())) == ["tiny-chat-q4"]
 
 

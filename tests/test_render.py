@@ -165,8 +165,9 @@ def test_the_helm_binary_renders_and_lints_as_the_sdk_does(tmp_path: Path, monke
 
 
 def _recipe(tmp_path: Path, sweep: str) -> Path:
+    """tiny-demo with a sweep; it publishes, so the sweep selects its best point by an evaluation (of a suite never read here)."""
     path = tmp_path / "swept.yml"
-    path.write_text(TINY.read_text() + sweep)
+    path.write_text(TINY.read_text() + "evaluate: {suites: [{jsonl: s3://eval-bucket/qa.jsonl}]}\n" + sweep + "  select: {metric: qa.exact_match}\n")
     return path
 
 

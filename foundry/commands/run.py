@@ -4,12 +4,16 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from foundry.errors import USER_ERROR_EXIT_CODE
+from foundry import gate
+from foundry.errors import USER_ERROR_EXIT_CODE, UserError
+from foundry.gate import GATED_EXIT_CODE
 from foundry.plan import Plan, PlannedStage, plan
 from foundry.recipe.load import load_recipe
-from foundry.runner import StageFailed, StageResult, run_plan, select_stages
+from foundry.recipe.schema import Recipe
+from foundry.runner import Gated, StageFailed, StageResult, run_plan, select_stages
 from foundry.store import Store, open_store, resolve_store_url
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -17,6 +21,7 @@ console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def _load(recipe_path: Path, store_flag: str | None, strict: bool = False) -> tuple[Plan, Store]:
     recipe = load_recipe(recipe_path)
+    refuse_sweep(recipe, recipe_path)
     the_plan = plan(recipe, strict=strict)
     for warning in the_plan.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
@@ -31,6 +36,8 @@ def show_plan(recipe_path: Path, store_flag: str | None, *, strict: bool = False
     for planned in the_plan.stages:
         inputs = ", ".join(f"{name}={source.key or source.model}" for name, source in planned.inputs.items())
         state = "committed" if store.is_committed(the_plan.recipe, planned.key) else "to run"
+        stopped = gate.blocking(store, the_plan.recipe, planned.after)
+        state += f" (gated: {stopped})" if stopped else ""
         table.add_row(planned.stage, planned.key, inputs or "-", state)
     Console(highlight=False).print(table)
 
@@ -38,10 +45,10 @@ def show_plan(recipe_path: Path, store_flag: str | None, *, strict: bool = False
 def run_recipe(recipe_path: Path, store_flag: str | None, runs_dir: Path, *, force: bool, only: str | None, until: str | None, strict: bool = False) -> int:
     the_plan, store = _load(recipe_path, store_flag, strict)
     stages = select_stages(the_plan, only, until)
-    _check_publish_target(the_plan, store, stages, force)
+    check_publish_target(the_plan, store, stages, force)
     run_dir = runs_dir / f"{the_plan.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
     console.print(f"run {the_plan.recipe}: {len(stages)} stage(s), store {store.url}, logs in {run_dir}")
-    progress = _Progress()
+    progress = Progress()
     try:
         results = run_plan(the_plan, store, run_dir, stages, force=force, report=progress)
     except StageFailed as failure:
@@ -51,11 +58,35 @@ def run_recipe(recipe_path: Path, store_flag: str | None, runs_dir: Path, *, for
             console.print(f"  {line}", markup=False)
         console.print(f"  log: {failure.result.log}")
         return USER_ERROR_EXIT_CODE if failure.is_user_error else 1
+    except Gated as gated:
+        progress.stop()
+        _summary(gated.results)
+        _print_metrics(the_plan, store, gated.results)
+        skipped = [s.stage for s in stages[stages.index(gated.stage):]]
+        console.print(f"[red]✗ gated:[/] {escape(gated.line)}")
+        console.print(f"  not run: {', '.join(skipped)}")
+        return GATED_EXIT_CODE
     _summary(results)
+    _print_metrics(the_plan, store, results)
     return 0
 
 
-def _check_publish_target(the_plan: Plan, store: Store, stages: list[PlannedStage], force: bool) -> None:
+def _print_metrics(the_plan: Plan, store: Store, results: list[StageResult]) -> None:
+    """The evaluation's flat metrics under the summary, ran or cached."""
+    for result in results:
+        if result.stage == "evaluate":
+            metrics = ((store.marker(the_plan.recipe, result.key) or {}).get("result") or {}).get("metrics") or {}
+            console.print(f"metrics ({result.key}): " + ", ".join(f"{name} {value:.4g}" for name, value in metrics.items()), markup=False)
+
+
+def refuse_sweep(recipe: Recipe, path: Path) -> None:
+    """`foundry run` and `plan` take one plan; a sweep's points, selection and winner are `foundry sweep`'s."""
+    if recipe.sweep is not None:
+        paths = ", ".join(recipe.sweep.grid)
+        raise UserError(f"recipe {recipe.name} has a sweep over {paths}; run it with `foundry sweep {path}`, which runs every point and publishes only the best (`--plan` lists their stages)")
+
+
+def check_publish_target(the_plan: Plan, store: Store, stages: list[PlannedStage], force: bool) -> None:
     """A bucket that cannot be published to fails now, not after the stages before publish."""
     for planned in stages:
         to = str(planned.params.get("to") or "")
@@ -65,7 +96,7 @@ def _check_publish_target(the_plan: Plan, store: Store, stages: list[PlannedStag
             open_target(to, planned.params.get("catalog"))
 
 
-class _Progress:
+class Progress:
     """A spinner on a terminal, plain lines elsewhere (CI logs, pipes)."""
 
     def __init__(self) -> None:

@@ -20,7 +20,7 @@ from foundry.store import Store, open_store, resolve_store_url
 
 console = Console(highlight=False)
 notes = Console(stderr=True, highlight=False, soft_wrap=True)  # one line per message, even in a pipe
-_COLOURS = {"succeeded": "green", "cached": "cyan", "running": "yellow", "failed": "red", "cancelled": "magenta"}
+_COLOURS = {"succeeded": "green", "cached": "cyan", "running": "yellow", "failed": "red", "cancelled": "magenta", "gated": "red"}
 
 
 def show_status(run: str | None, store_flag: str | None, namespace: str | None, context: str | None) -> int:

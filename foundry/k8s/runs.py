@@ -1,9 +1,9 @@
 """A run as the cluster holds it: its plan ConfigMap, its driver Job, its stage Jobs.
 
-`foundry render` puts the run's plan in a ConfigMap under the key `plan.json`, and names
-the ConfigMap and the driver Job alike: that name is the run's id. A run is found by its
-plan document: its stage Jobs are named in it, and its driver is the Job that mounts the
-ConfigMap and is not one of its stages.
+`foundry render` puts the run's plan in a ConfigMap under the key `plan.json` (a sweep's,
+every grid point's plan, under `plans.json`), and names the ConfigMap and the driver Job
+alike: that name is the run's id. A run is found by its plan document: its stage Jobs are
+named in it, and its driver is the Job that mounts the ConfigMap and is not one of its stages.
 """
 
 from dataclasses import dataclass
@@ -16,10 +16,13 @@ from foundry.errors import UserError
 from foundry.k8s.cluster import Cluster
 from foundry.k8s.errors import ClusterError, explained
 from foundry.k8s.jobs import job_state, observe_stage
+from foundry.recipe.schema import SweepSelect
 from foundry.runstatus import RunStatus, StageStatus, now
 from foundry.store import Store
+from foundry.sweeping import GridPoint, Sweep
 
 PLAN_KEY = "plan.json"
+PLANS_KEY = "plans.json"
 _NOT_FOUND = 404
 
 
@@ -53,12 +56,52 @@ class RunPlan(BaseModel):
         return RunStatus(run=run, recipe=self.recipe, recipe_hash=self.recipe_hash, namespace=namespace, store=self.store, started=stamp, updated=stamp, stages=rows)
 
 
+class PointPlan(RunPlan):
+    point: dict[str, Any]
+
+
+class SweepPlan(BaseModel):
+    """plans.json: `{"recipe", "recipe_hash", "store", "select", "plans": [plan.json + {"point"}]}`,
+    which the driver runs with `--sweep`, sequenced by foundry.sweeping."""
+
+    recipe: str
+    recipe_hash: str
+    store: str
+    select: SweepSelect | None = None
+    plans: list[PointPlan]
+
+    def sweep(self) -> Sweep[PlanStage]:
+        points = [GridPoint(index, plan.point, list(plan.stages)) for index, plan in enumerate(self.plans)]
+        return Sweep(self.recipe, self.recipe_hash, self.select, points)
+
+    def exploration_plan(self) -> RunPlan:
+        """The stages every point runs, each key once, as one run plan: the driver's first phase."""
+        return RunPlan(recipe=self.recipe, recipe_hash=self.recipe_hash, store=self.store, stages=self.sweep().exploration())
+
+    def every_stage(self) -> RunPlan:
+        """Every stage any point may run, each key once (the winner's are among them): what
+        `status`, `logs` and `cancel` look for in the cluster."""
+        stages = {planned.key: planned for plan in self.plans for planned in plan.stages}
+        return RunPlan(recipe=self.recipe, recipe_hash=self.recipe_hash, store=self.store, stages=list(stages.values()))
+
+
 def read_plan(text: str, where: str) -> RunPlan:
     try:
         return RunPlan.model_validate_json(text)
     except ValidationError as error:
         problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
         raise UserError(f"{where}: not a Foundry plan", details=problems) from error
+
+
+def read_sweep_plan(text: str, where: str) -> SweepPlan:
+    try:
+        plan = SweepPlan.model_validate_json(text)
+    except ValidationError as error:
+        problems = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()]
+        raise UserError(f"{where}: not a Foundry sweep plan ({PLANS_KEY})", details=problems) from error
+    if not plan.plans:
+        raise UserError(f"{where}: a sweep plan with no points")
+    return plan
 
 
 @dataclass
@@ -93,14 +136,16 @@ def live_status(cluster: Cluster, run: ClusterRun, saved: RunStatus | None, stor
     """The run as its Jobs show it now, on top of what the driver last saved (which alone
     knows which stages it found already committed, and what became of deleted Jobs)."""
     status = saved.model_copy(deep=True) if saved else run.plan.new_status(run.run, cluster.namespace, run.created)
-    for row, planned in zip(status.stages, run.plan.stages, strict=True):
-        job = run.jobs.get(planned.job_name)
+    for row in status.stages:  # a sweep's saved rows are its plan's explored stages and its winner's
+        job = run.jobs.get(row.job)
         if job is not None and row.state != "cached":
             observe_stage(cluster, row, job)
-        elif job is None and saved is None and store is not None and store.is_committed(run.plan.recipe, planned.key):
+        elif job is None and saved is None and store is not None and store.is_committed(run.plan.recipe, row.key):
             row.state = "cached"
     if run.driver is not None:
         status.state = job_state(run.driver)
+        if status.state == "failed" and saved is not None and saved.state == "gated":
+            status.state = "gated"  # the driver exits 2 for a gate too; what it saved says which
         if status.state != "running":
             status.finished = status.finished or max((row.finished for row in status.stages if row.finished), default=None)
     elif saved is None:
@@ -124,11 +169,12 @@ def delete_jobs(cluster: Cluster, names: list[str]) -> list[str]:
 
 
 def _run(configmap: V1ConfigMap, jobs: list[V1Job]) -> ClusterRun | None:
-    text = (configmap.data or {}).get(PLAN_KEY)
-    if text is None:
+    data = configmap.data or {}
+    if PLAN_KEY not in data and PLANS_KEY not in data:
         return None
     try:
-        plan = read_plan(text, f"ConfigMap {configmap.metadata.name}")
+        where = f"ConfigMap {configmap.metadata.name}"
+        plan = read_plan(data[PLAN_KEY], where) if PLAN_KEY in data else read_sweep_plan(data[PLANS_KEY], where).every_stage()
     except UserError:
         return None  # someone else's ConfigMap that happens to have a plan.json
     names = {planned.job_name for planned in plan.stages}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from foundry import modelref, tiny_catalog
+from foundry.metrics import BUILTIN_SUITES, GENERATION_METRICS, MULTIPLE_CHOICE_METRICS, suite_name
 from foundry.recipe.merge_methods import METHODS, PARAMETER_RANGES
 from foundry.recipe.problems import Problem, did_you_mean
 from foundry.recipe.references import model_references
@@ -24,6 +25,7 @@ def check(recipe: Recipe) -> list[Problem]:
     problems += _references(references)
     problems += _compatible_shapes(recipe, references)
     problems += _stage_sense(recipe)
+    problems += _evaluate_sense(recipe)
     return problems
 
 
@@ -159,10 +161,43 @@ def _stage_sense(recipe: Recipe) -> Iterator[Problem]:
                 yield Problem(("sweep", "grid", field), f"cannot sweep over {field!r}: {root!r} is not a recipe key{did_you_mean(root, MERGEKIT_KEYS + ('finetune', 'quantize'))}")
         if recipe.sweep.select is not None and recipe.evaluate is None:
             yield Problem(("sweep", "select"), "select picks by a metric, but the recipe has no evaluate section")
+        elif recipe.sweep.select is not None and recipe.sweep.select.metric.split(".", 1)[0] not in suites:
+            suite = recipe.sweep.select.metric.split(".", 1)[0]
+            listed = ", ".join(sorted(suites))
+            yield Problem(("sweep", "select", "metric"), f"select names suite {suite!r}, which evaluate.suites does not list ({listed}); metrics are <suite>.<metric>, like arc_easy.acc_norm")
+        if recipe.sweep.select is None and (recipe.quantize is not None or recipe.publish is not None):
+            fix = "add select: {metric: <suite>.<metric>, mode: max} to pick it, or drop quantize and publish to only explore"
+            yield Problem(("sweep",), f"a sweep quantizes and publishes only its best point; {fix}")
     if recipe.finetune is not None:
         dataset = recipe.finetune.dataset
         if "://" not in dataset and not Path(dataset).expanduser().exists():
             yield Problem(("finetune", "dataset"), f"dataset file {dataset!r} does not exist; check the path (read from the current directory)")
+
+
+def _evaluate_sense(recipe: Recipe) -> Iterator[Problem]:
+    """Suites that exist, with names that make unique metric names, and gates on metrics
+    their suites give (the suite names a gate uses are checked in _stage_sense)."""
+    if recipe.evaluate is None:
+        return
+    kinds: dict[str, tuple[str, ...]] = {}
+    for index, suite in enumerate(recipe.evaluate.suites):
+        name = suite_name(suite if isinstance(suite, str) else suite.model_dump())
+        if isinstance(suite, str) and suite not in BUILTIN_SUITES:
+            yield Problem(("evaluate", "suites", index), f"unknown suite {suite!r}{did_you_mean(suite, BUILTIN_SUITES)}; builtins are {', '.join(BUILTIN_SUITES)}, or write {{jsonl: PATH}}")
+            continue
+        if not isinstance(suite, str) and "://" not in suite.jsonl and not Path(suite.jsonl).expanduser().is_file():
+            yield Problem(("evaluate", "suites", index, "jsonl"), f"suite file {suite.jsonl!r} does not exist; check the path (read from the current directory)")
+        if name in kinds:
+            yield Problem(("evaluate", "suites", index), f"a second suite named {name!r}; metric names are <suite>.<metric>, so give the files different names")
+        kinds[name] = MULTIPLE_CHOICE_METRICS if isinstance(suite, str) else MULTIPLE_CHOICE_METRICS + GENERATION_METRICS
+    for metric in recipe.evaluate.gate:
+        suite, _, measure = metric.partition(".")
+        if suite in kinds and measure not in kinds[suite]:
+            yield Problem(("evaluate", "gate", metric), f"suite {suite} gives no metric {measure!r}{did_you_mean(measure, kinds[suite])}; it gives {', '.join(kinds[suite])}")
+    if recipe.sweep is not None and recipe.sweep.select is not None:  # its suite is checked in _stage_sense
+        suite, _, measure = recipe.sweep.select.metric.partition(".")
+        if suite in kinds and measure not in kinds[suite]:
+            yield Problem(("sweep", "select", "metric"), f"suite {suite} gives no metric {measure!r}{did_you_mean(measure, kinds[suite])}; it gives {', '.join(kinds[suite])}")
 
 
 def _suite_names(recipe: Recipe) -> set[str]:

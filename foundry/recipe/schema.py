@@ -23,7 +23,8 @@ QuantLevel = Literal["fp32", "fp16", "q8", "q4", "q2"]
 DTYPES = ("float32", "float16", "bfloat16")
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")
-_GATE = re.compile(r"^(>=|<=|>|<|==)\s*-?[0-9]+(\.[0-9]+)?$")
+# A gate condition: an operator and a number (foundry/gate.py parses it with this too).
+GATE_CONDITION = re.compile(r"^(>=|<=|>|<|==)\s*(-?[0-9]+(?:\.[0-9]+)?)$")
 
 
 class Section(BaseModel):
@@ -100,12 +101,15 @@ class EvaluateSpec(Section):
     suites: list[str | JsonlSuite] = Field(min_length=1)
     limit: int | None = Field(None, ge=1)
     gate: dict[str, str] = {}
+    # Sequences scored in one forward pass (multiple choice); tokens a generation suite may answer with.
+    batch_size: int = Field(16, ge=1, le=4096)
+    max_new_tokens: int = Field(32, ge=1, le=4096)
 
     @field_validator("gate")
     @classmethod
     def _gate_expressions(cls, gate: dict[str, str]) -> dict[str, str]:
         for metric, condition in gate.items():
-            if not _GATE.match(str(condition).strip()):
+            if not GATE_CONDITION.match(str(condition).strip()):
                 raise ValueError(f"gate {metric}: {condition!r} is not a condition; write it like \">= 0.45\"")
         return gate
 

@@ -6,6 +6,7 @@ client may be loading, so every file is immutable and is served as such. The ord
 file but the manifest (in parallel, each checked against its sha256), then the manifest,
 then the `models.json` rewrite (foundry/s3/catalog.py), which is the moment the new version
 becomes visible. A re-run of the same version finds its manifest and uploads nothing again.
+The catalogue page (foundry/web/) goes beside `models.json` last, with a short cache.
 """
 
 import logging
@@ -15,18 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from botocore.client import BaseClient
+from botocore.exceptions import ClientError
 
 from foundry import catalog, manifest
 from foundry.errors import UserError
 from foundry.hashing import short_hash
 from foundry.s3 import catalog as s3catalog
-from foundry.s3.client import S3Location, check_bucket, client, is_s3, parse, user_errors
+from foundry.s3.client import S3Location, check_bucket, client, is_missing, is_s3, parse, user_errors
 from foundry.s3.files import read_json
 from foundry.s3.transfer import TransferConfig, Upload, upload_files
+from foundry.web import assets, page
 
 LOG = logging.getLogger("foundry.publish")
 IMMUTABLE = "public, max-age=31536000, immutable"
 MANIFEST_CACHE = "no-cache"
+PAGE_CACHE = "public, max-age=300"   # the catalogue page: a new Foundry's page shows within minutes
 _CONTENT_TYPES = {".json": "application/json", ".onnx": "application/octet-stream", ".jinja": "text/plain; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
 
 
@@ -61,6 +65,19 @@ class S3Target:
         s3catalog.update(self.s3, self.catalog, key, entry)
         return folder.url + "/"
 
+    def publish_page(self) -> list[str]:
+        """Put the catalogue page beside models.json, by foundry/web/page.py's rule; returns the URLs written."""
+        parent = S3Location(self.catalog.bucket, self.catalog.key.rpartition("/")[0])
+        written = []
+        with user_errors(self.s3, parent.bucket, f"publish.catalog {self.catalog.url}"):
+            for name, source in assets.page_files().items():
+                where = parent.child(name)
+                if name == assets.INDEX and page.skip_index(_read_bytes(self.s3, where), where.url):
+                    continue
+                self.s3.put_object(Bucket=where.bucket, Key=where.key, Body=source.read_bytes(), ContentType=assets.content_type(name), CacheControl=PAGE_CACHE)
+                written.append(where.url)
+        return written
+
 
 def wants_s3(to: Any, catalog_location: Any) -> bool:
     """Whether this publish goes to a bucket; mixing a bucket and a local folder is refused."""
@@ -83,6 +100,15 @@ def open_target(to: str, catalog_location: str | None) -> S3Target:
         check_bucket(s3, where, "publish.catalog")
     s3catalog.read(s3, where)       # an invalid catalogue is refused before anything is uploaded
     return S3Target(target, where, s3)
+
+
+def _read_bytes(s3: BaseClient, location: S3Location) -> bytes | None:
+    try:
+        return s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+    except ClientError as error:
+        if is_missing(error):
+            return None
+        raise
 
 
 def content_type(path: str) -> str:
