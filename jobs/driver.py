@@ -32,7 +32,7 @@ from foundry import gate, runstatus
 from foundry.errors import USER_ERROR_EXIT_CODE, UserError
 from foundry.k8s.cluster import Cluster, connect
 from foundry.k8s.errors import ClusterError, explained
-from foundry.k8s.jobs import WATCH_SECONDS, follow_jobs, observe_stage
+from foundry.k8s.jobs import WATCH_SECONDS, follow_jobs, job_state, observe_stage
 from foundry.k8s.runs import PlanStage, RunPlan, SweepPlan, read_plan, read_sweep_plan
 from foundry.runstatus import RunStatus, StageStatus
 from foundry.store import SUCCESS_MARKER, Store, open_store
@@ -42,6 +42,10 @@ LOG = logging.getLogger("foundry.driver")
 RUN_ENV = "FOUNDRY_RUN"
 NAMESPACE_ENV = "FOUNDRY_NAMESPACE"
 _ALREADY_EXISTS = 409
+_NOT_FOUND = 404
+# Which run created a stage Job: a failed Job left by another run (last night's sweep, within
+# the Job's ttlSecondsAfterFinished) is replaced, not adopted as this run's failure.
+RUN_ANNOTATION = "foundry.dev/run"
 
 
 class Driver:
@@ -89,6 +93,10 @@ class Driver:
                 continue
             previous = row.state
             job = jobs.get(planned.job_name)
+            if job is not None and row.state == "pending" and self._left_failed_by_another_run(job):
+                self._delete_stale(planned.job_name)
+                del jobs[planned.job_name]
+                job = None  # gone: created again below once its inputs are committed
             if planned.key in committed:
                 self._committed(row, job)
             elif job is not None:
@@ -99,8 +107,8 @@ class Driver:
                 stopped = gate.blocking(self.store, self.plan.recipe, planned.needs)
                 if stopped is not None:
                     row.state, row.reason = "gated", stopped
-                else:
-                    jobs[planned.job_name] = self._create(row, planned)  # seen now, whatever the watch brings first
+                elif (created := self._create(row, planned)) is not None:
+                    jobs[planned.job_name] = created  # seen now, whatever the watch brings first
             if row.state != previous:
                 self._report(row)
 
@@ -119,9 +127,24 @@ class Driver:
             row.state = "failed"
             row.reason = f"the Job completed but {row.key} has no {SUCCESS_MARKER} in {self.store.url}"
 
-    def _create(self, row: StageStatus, planned: PlanStage) -> V1Job:
+    def _left_failed_by_another_run(self, job: V1Job) -> bool:
+        return job_state(job) == "failed" and (job.metadata.annotations or {}).get(RUN_ANNOTATION) != self.run_id
+
+    def _delete_stale(self, name: str) -> None:
+        LOG.info("Job %s failed in an earlier run; deleting it to run the stage again", name)
+        try:
+            with explained(self.cluster, "delete", "jobs.batch", name):
+                self.cluster.batch.delete_namespaced_job(name, self.cluster.namespace, propagation_policy="Background")
+        except ClusterError as error:
+            if error.status != _NOT_FOUND:  # already gone: what we wanted
+                raise
+
+    def _create(self, row: StageStatus, planned: PlanStage) -> V1Job | None:
+        """The stage's Job, created or adopted; None while a stale one of the same name is
+        still being deleted (the next pass creates it)."""
         body = copy.deepcopy(planned.job)
         body["metadata"]["namespace"] = self.cluster.namespace
+        body["metadata"].setdefault("annotations", {})[RUN_ANNOTATION] = self.run_id
         try:
             with explained(self.cluster, "create", "jobs.batch", planned.job_name):
                 job = self.cluster.batch.create_namespaced_job(self.cluster.namespace, body)
@@ -132,6 +155,8 @@ class Driver:
             LOG.info("%s: Job %s already exists; adopting it", row.key, planned.job_name)
             with explained(self.cluster, "get", "jobs.batch", planned.job_name):
                 job = self.cluster.batch.read_namespaced_job(planned.job_name, self.cluster.namespace)
+            if self._left_failed_by_another_run(job):
+                return None
         row.state = "running"
         row.started = row.started or runstatus.now()
         return job

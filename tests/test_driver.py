@@ -196,3 +196,27 @@ def test_a_bad_plan_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"error: {bad}: not a Foundry plan" in err and "recipe_hash: Field required" in err
+
+
+def test_a_job_that_failed_in_an_earlier_run_is_replaced_not_adopted(k8s: FakeApiServer, store: Store, plan: RunPlan) -> None:
+    merge = plan.stages[0].job_name
+    earlier = Driver("foundry-tiny-demo-last-night", plan, connect(), store)
+    earlier._create(earlier.status.stages[0], plan.stages[0])
+    k8s.fail(merge)  # and it stays there, failed, for the Job's ttlSecondsAfterFinished
+    driver = DriverThread(plan, store)
+    k8s.wait_for(lambda: k8s.job_creates.count(merge) == 2)
+    assert k8s.job(merge)["metadata"]["annotations"]["foundry.dev/run"] == RUN
+    for index in range(3):
+        k8s.wait_for(lambda index=index: k8s.job(plan.stages[index].job_name) is not None and "active" in (k8s.job(plan.stages[index].job_name).get("status") or {}))
+        complete(k8s, store, plan, index)
+    assert driver.result() == 0
+    assert [row.state for row in saved(store).stages] == ["succeeded", "succeeded", "succeeded"]
+
+
+def test_a_restarted_driver_keeps_its_own_runs_failure(k8s: FakeApiServer, store: Store, plan: RunPlan) -> None:
+    merge = plan.stages[0].job_name
+    first = Driver(RUN, plan, connect(), store)
+    first._create(first.status.stages[0], plan.stages[0])
+    k8s.fail(merge)
+    assert DriverThread(plan, store).result() == 2  # the same run, started again: its failure stands
+    assert k8s.job_creates == [merge] and saved(store).stages[0].state == "failed"
