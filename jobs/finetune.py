@@ -120,9 +120,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     _merge(model_dir, out, tokenizer, params)
     _write_split(out, parts)
     (out / LOG_FILE).write_text("".join(json.dumps(record, sort_keys=True) + "\n" for record in outcome.records))
-    from jobs.loss_plot import plot_losses
-
-    plot_losses(outcome.records, out / PLOT_FILE, title=f"{spec.recipe} {spec.key}")
+    _plot_losses(outcome.records, out / PLOT_FILE, title=f"{spec.recipe} {spec.key}")
     validation_losses = [record["val_loss"] for record in outcome.records if "val_loss" in record]
     report = {
         "preset": params.get("preset"),
@@ -329,3 +327,15 @@ def _write_split(out: Path, parts: dict[str, list[Chat]]) -> None:
     folder.mkdir()
     for name, chats in parts.items():
         (folder / f"{name}.jsonl").write_text("".join(json.dumps({"messages": chat}, ensure_ascii=False) + "\n" for chat in chats))
+
+
+def _plot_losses(records: list[dict[str, Any]], path: Path, *, title: str) -> None:
+    """Training loss per step and validation loss at each evaluation, on one chart a person
+    can glance at (the same log gives the same bytes)."""
+    from foundry.plots import line_chart
+
+    curves = {
+        "training loss": [(record["step"], record["loss"]) for record in records if "loss" in record],
+        "validation loss": [(record["step"], record["val_loss"]) for record in records if "val_loss" in record],
+    }
+    line_chart("step", "loss per completion token", {name: points for name, points in curves.items() if points}, path, title=title)
