@@ -1,10 +1,12 @@
 """Quality gates: `evaluate.gate` in a recipe stops the chain before quantize and publish.
 
-A gate maps flat metric names to conditions (`{"arc_easy.acc_norm": ">= 0.45"}`). The
-evaluate stage judges it and records the verdict in metrics.json and in its marker's
-result; the local runner (foundry/runner.py) and the cluster driver (jobs/driver.py) read
-that verdict through `blocking` before they start a stage planned after the evaluation,
-so a model that misses never reaches quantize or publish, whichever of them runs it.
+A gate maps flat metric names to conditions (`{"arc_easy.acc_norm": ">= 0.45"}`). It is a
+decision about the measurements, not a measurement: the evaluate stage only measures, and
+the rules travel with the stages that wait on the evaluation (foundry/plan.py: quantize's and
+publish's `gate`, never in a key but publish's). The local runner (foundry/runner.py) and the
+cluster driver (jobs/driver.py) judge the committed evaluation's metrics through `blocking`
+before they start such a stage, so a model that misses never reaches quantize or publish,
+whichever of them runs it, and a changed threshold is judged again without measuring again.
 Light: the submitter's imports only.
 """
 
@@ -13,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from foundry.errors import UserError
-from foundry.metrics import metric_value
+from foundry.metrics import flat_metrics, metric_value
 from foundry.recipe.schema import GATE_CONDITION
 from foundry.store import Store
 
@@ -35,7 +37,7 @@ def parse_condition(condition: str, where: str) -> tuple[str, float]:
 
 
 def judge(metrics: dict[str, float], gate: dict[str, str], where: str) -> dict[str, Any]:
-    """The verdict recorded in metrics.json: every check with its value, and whether all held.
+    """The verdict on an evaluation's metrics: every check with its value, and whether all held.
     A metric the evaluation did not produce is a UserError naming the close ones."""
     checks = []
     for name, condition in gate.items():
@@ -51,16 +53,21 @@ def failure_line(verdict: dict[str, Any]) -> str:
     return "; ".join(f"{check['metric']} = {_number(check['value'])}, needs {check['condition']}" for check in missed)
 
 
-def blocking(store: Store, recipe: str, keys: Iterable[str]) -> str | None:
-    """Why a stage planned after the evaluations `keys` must not run: the first failed gate
-    among those committed, as one line naming the metric, its value and the threshold; None
-    when every committed evaluation passed (or set no gate)."""
+def blocking(store: Store, recipe: str, keys: Iterable[str], rules: dict[str, str]) -> str | None:
+    """Why a stage planned after the evaluations `keys` must not run: the first committed one
+    whose metrics miss `rules`, as one line naming the metric, its value and the threshold;
+    None when every committed evaluation passes (or there are no rules). A metric an
+    evaluation did not produce is a UserError naming it."""
+    if not rules:
+        return None
     for key in keys:
         if not key.startswith(EVALUATE_PREFIX):
             continue
         marker = store.marker(recipe, key)
-        verdict = ((marker or {}).get("result") or {}).get("gate")
-        if isinstance(verdict, dict) and not verdict.get("passed", False):
+        if marker is None:
+            continue
+        verdict = judge(flat_metrics(marker, f"{store.url}/{recipe}/{key}"), rules, f"recipe {recipe}, evaluation {key}")
+        if not verdict["passed"]:
             return f"gate failed in {key}: {failure_line(verdict)}"
     return None
 

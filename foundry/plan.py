@@ -30,6 +30,9 @@ class PlannedStage:
     # Keys that must be committed, with their gates passed, before this stage starts, without
     # being inputs (so not in its key): quantize waits for the evaluation that may gate it.
     after: tuple[str, ...] = ()
+    # The recipe's evaluate.gate, judged on the evaluations in `after` before this stage starts
+    # (foundry/gate.py); not in the key, so a new threshold re-judges but never re-measures.
+    gate: dict[str, str] = field(default_factory=dict)
 
     def spec(self, recipe: str, store_url: str) -> StageSpec:
         return StageSpec(stage=self.stage, recipe=recipe, key=self.key, store=store_url, inputs=self.inputs, params=self.params)
@@ -67,14 +70,17 @@ def plan(recipe: Recipe, *, strict: bool = False) -> Plan:
         stages.append(evaluate)
         evaluation = StageInput(key=evaluate.key)
     gated_by = (evaluation.key,) if evaluation and evaluation.key else ()
+    rules = dict(recipe.evaluate.gate) if recipe.evaluate is not None else {}
     if recipe.quantize is not None:
         params = {"variants": list(recipe.quantize.variants), "prompts": recipe.quantize.prompts, "trust_remote_code": recipe.trust_remote_code, "allow_pickle": recipe.allow_pickle}
-        quantize = _planned("quantize", {"model": model}, params, after=gated_by)
+        quantize = _planned("quantize", {"model": model}, params, after=gated_by, gate=rules)
         stages.append(quantize)
         if recipe.publish is not None:
-            # The evaluation is an input of publish: its metrics go into the catalogue entry.
+            # The evaluation is an input of publish: its metrics go into the catalogue entry,
+            # and publish judges the gate on them again (its params, so in its key).
             inputs = {"onnx": StageInput(key=quantize.key), **({"evaluation": evaluation} if evaluation else {})}
-            stages.append(_planned("publish", inputs, _publish_params(recipe), after=gated_by))
+            params = {**_publish_params(recipe), **({"gate": rules} if rules else {})}
+            stages.append(_planned("publish", inputs, params, after=gated_by, gate=rules))
     if not stages:
         raise UserError(f"recipe {recipe.name}: nothing to run; merge several models (merge_method), add finetune: {{dataset: ...}}, or add quantize: {{variants: [q4]}}")
     warnings += _gated_warnings(recipe)
@@ -127,7 +133,8 @@ def _gated_warnings(recipe: Recipe) -> list[str]:
 
 def _evaluate_params(recipe: Recipe) -> dict[str, Any]:
     """The suites as the stage reads them; a local JSONL file carries its sha256, so editing
-    a suite changes the key (an s3:// one is taken as written, as finetune datasets are)."""
+    a suite changes the key (an s3:// one is taken as written, as finetune datasets are).
+    No gate: it judges the measurements, so changing it must not measure again."""
     from foundry.registry.apply import dataset_identity
 
     assert recipe.evaluate is not None
@@ -141,12 +148,14 @@ def _evaluate_params(recipe: Recipe) -> dict[str, Any]:
         identity = dataset_identity(location)
         suites.append({"jsonl": location, **({"sha256": identity[1]} if len(identity) > 1 else {})})
     return {
-        "suites": suites, "limit": spec.limit, "gate": dict(spec.gate), "batch_size": spec.batch_size, "max_new_tokens": spec.max_new_tokens,
+        "suites": suites, "limit": spec.limit, "batch_size": spec.batch_size, "max_new_tokens": spec.max_new_tokens,
         "trust_remote_code": recipe.trust_remote_code, "allow_pickle": recipe.allow_pickle,
     }
 
 
-def _planned(stage: StageName, inputs: dict[str, StageInput], params: dict[str, Any], identity: Any = None, after: tuple[str, ...] = ()) -> PlannedStage:
+def _planned(
+    stage: StageName, inputs: dict[str, StageInput], params: dict[str, Any], identity: Any = None, after: tuple[str, ...] = (), gate: dict[str, str] | None = None,
+) -> PlannedStage:
     material = {
         "stage": stage,
         "version": STAGE_VERSIONS[stage],
@@ -154,7 +163,7 @@ def _planned(stage: StageName, inputs: dict[str, StageInput], params: dict[str, 
         "input_identity": [_identity(source.model) for source in inputs.values() if source.model] + ([identity] if identity else []),
         "params": params,
     }
-    return PlannedStage(stage, f"{stage}-{short_hash(material)}", inputs, params, after)
+    return PlannedStage(stage, f"{stage}-{short_hash(material)}", inputs, params, after, dict(gate or {}))
 
 
 def _model_identities(recipe: Recipe) -> list[Any]:

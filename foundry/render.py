@@ -159,6 +159,7 @@ def _plan_document(the_plan: Plan, recipe: Recipe) -> dict[str, Any]:
             "stage": planned.stage,
             "key": planned.key,
             "needs": list(dict.fromkeys([source.key for source in planned.inputs.values() if source.key] + list(planned.after))),
+            "gate": dict(planned.gate),
             "spec": planned.spec(the_plan.recipe, "").model_dump(mode="json", exclude={"store"}, exclude_none=True),
             "resources": _resources(recipe, planned.stage),
         })

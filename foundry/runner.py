@@ -3,8 +3,9 @@
 Each stage runs as `python -m jobs SPEC.json`, exactly what a stage pod runs, with its
 output going to a log file in the run folder. A committed key is skipped unless forced;
 a failing stage stops the run with its last error lines and the log's path, and an
-evaluation that missed its gate stops it before the stages planned after it (quantize,
-publish), whether that evaluation ran now or was committed before.
+evaluation whose metrics miss the recipe's gate stops it before the stages planned after it
+(quantize, publish), whether that evaluation ran now or was committed before (under an
+older threshold, even: the gate is judged each time, never stored).
 """
 
 import json
@@ -78,7 +79,7 @@ def run_plan(plan: Plan, store: Store, run_dir: Path, stages: list[PlannedStage]
     run_dir.mkdir(parents=True, exist_ok=True)
     results: list[StageResult] = []
     for planned in stages:
-        stopped = gate.blocking(store, plan.recipe, planned.after)
+        stopped = gate.blocking(store, plan.recipe, planned.after, planned.gate)
         if stopped is not None:
             (run_dir / "summary.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
             raise Gated(planned, stopped, results)

@@ -34,7 +34,7 @@ from foundry.k8s.cluster import Cluster, connect
 from foundry.k8s.errors import ClusterError, explained
 from foundry.k8s.jobs import WATCH_SECONDS, follow_jobs, job_state, observe_stage
 from foundry.k8s.runs import PlanStage, RunPlan, SweepPlan, read_plan, read_sweep_plan
-from foundry.runstatus import RunStatus, StageStatus
+from foundry.runstatus import RunStatus, StageState, StageStatus
 from foundry.store import SUCCESS_MARKER, Store, open_store
 from foundry.sweeping import Selection, document
 
@@ -104,13 +104,22 @@ class Driver:
             elif row.state == "running":  # its Job was there and is gone: deleted, as `foundry cancel` does
                 row.state, row.reason = "cancelled", f"Job {planned.job_name} was deleted while it ran"
             elif committed.issuperset(planned.needs):
-                stopped = gate.blocking(self.store, self.plan.recipe, planned.needs)
+                stopped = self._blocking(planned)
                 if stopped is not None:
-                    row.state, row.reason = "gated", stopped
+                    row.state, row.reason = stopped
                 elif (created := self._create(row, planned)) is not None:
                     jobs[planned.job_name] = created  # seen now, whatever the watch brings first
             if row.state != previous:
                 self._report(row)
+
+    def _blocking(self, planned: PlanStage) -> tuple[StageState, str] | None:
+        """("gated", why) when a committed evaluation this stage waits on misses its gate;
+        ("failed", why) when the gate names a metric the evaluation did not produce."""
+        try:
+            stopped = gate.blocking(self.store, self.plan.recipe, planned.needs, planned.gate)
+        except UserError as error:
+            return "failed", str(error)
+        return None if stopped is None else ("gated", stopped)
 
     def _committed(self, row: StageStatus, job: V1Job | None) -> None:
         if row.state == "pending":

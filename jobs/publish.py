@@ -26,10 +26,11 @@ no client sees an entry whose files are not all there; the catalogue is then in 
 
 Params: `to` (folder, file:// or s3:// URL), `shard_size_mb`, `catalog` (default `<to>/models.json`),
 `entry` {id, name, key, description}, `recipe_hash`, `fusion` {method, sources} | null,
-`variants` (levels), and optionally `base_url` (the URL prefix of `to`, when the folder-name
-rule of catalog.base_url does not fit the web server). Input `evaluation` (when the recipe
-evaluates): the evaluate stage's folder, whose flat metrics go into the catalogue entry
-(`metrics`) and the manifest; a missed gate is refused here too.
+`variants` (levels), optionally `base_url` (the URL prefix of `to`, when the folder-name
+rule of catalog.base_url does not fit the web server) and `gate` (the recipe's evaluate.gate).
+Input `evaluation` (when the recipe evaluates): the evaluate stage's folder, whose flat
+metrics go into the catalogue entry (`metrics`) and the manifest; they are judged against
+`gate` here too, so a model that misses it is refused whoever asked for the publish.
 """
 
 import ctypes
@@ -84,7 +85,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
 
     report = _quantize_report(source)
     levels = _levels(params.get("variants"), report, source)
-    metrics = _evaluation_metrics(inputs.get("evaluation"))
+    metrics = _evaluation_metrics(inputs.get("evaluation"), params.get("gate") or {})
 
     # 1. The layout, in the staging folder.
     _copy_root_files(source, out)
@@ -174,19 +175,23 @@ def _input_folder(inputs: dict[str, Path]) -> Path:
     return folder
 
 
-def _evaluation_metrics(folder: Path | None) -> dict[str, float] | None:
+def _evaluation_metrics(folder: Path | None, rules: dict[str, str]) -> dict[str, float] | None:
     """The evaluate stage's flat metrics, for the catalogue entry and the manifest; a model
-    whose evaluation missed its gate is refused here too, whoever asked for the publish."""
+    whose metrics miss the gate `rules` is refused here too, whoever asked for the publish."""
+    if not isinstance(rules, dict):
+        raise UserError(f"publish.gate: expected a mapping of metric to condition, got {rules!r}")
     if folder is None:
+        if rules:
+            raise UserError("publish.gate: a gate needs an `evaluation` input (the evaluate stage's folder) to judge")
         return None
     from foundry import gate
-    from foundry.metrics import METRICS_FILE, read_metrics
+    from foundry.metrics import read_metrics
 
-    document = _read_json(Path(folder) / METRICS_FILE)
-    verdict = document.get("gate")
-    if isinstance(verdict, dict) and not verdict.get("passed", False):
+    metrics = read_metrics(folder)
+    verdict = gate.judge(metrics, rules, "publish")
+    if not verdict["passed"]:
         raise UserError(f"publish: the evaluation missed its gate ({gate.failure_line(verdict)}); a gated model is never published")
-    return read_metrics(folder)
+    return metrics
 
 
 def _shard_bytes(value: Any) -> int:

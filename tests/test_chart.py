@@ -213,7 +213,8 @@ def test_the_plan_contract() -> None:
     assert [stage["stage"] for stage in plan["stages"]] == ["merge", "quantize", "publish"]
     seen: list[str] = []
     for stage in plan["stages"]:
-        assert set(stage) == {"stage", "key", "needs", "spec", "job"}
+        assert set(stage) == {"stage", "key", "needs", "gate", "spec", "job"}
+        assert stage["gate"] == {}  # tiny-demo does not evaluate
         spec = StageSpec.model_validate(stage["spec"])
         assert (spec.key, spec.stage, spec.store, spec.recipe) == (stage["key"], stage["stage"], STORE, "tiny-demo")
         assert set(stage["needs"]) <= set(seen) and stage["needs"] == [source.key for source in spec.inputs.values() if source.key]

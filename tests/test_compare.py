@@ -117,7 +117,7 @@ def real_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     )))
     store = LocalStore(root / "store")
     spec = StageSpec(stage="evaluate", recipe=RECIPE, key="evaluate-0123456789ab", store=store.url, inputs={"model": StageInput(model="tiny:llama-a")},
-                     params={"suites": [{"jsonl": str(suite)}], "limit": None, "gate": {}})
+                     params={"suites": [{"jsonl": str(suite)}], "limit": None})
     run_stage(spec)
     return root / "store", spec.key
 

@@ -2,7 +2,7 @@
 the API server fake, with plans.json as `foundry render` makes it (the real chart).
 
 The tests play the stages' part as tests/test_driver.py does, committing evaluate keys with
-the metrics (and gate verdicts) the evaluate stage records in its marker.
+the metrics the evaluate stage records in its marker (the driver judges gates on them).
 """
 
 import json
@@ -95,11 +95,8 @@ def commit(store: Store, plan: SweepPlan, key: str, result: dict[str, Any] | Non
     store.commit(plan.recipe, key, staging, build_record(staging, key=key, stage=key.split("-")[0], recipe=plan.recipe, started=0.0, extra={"result": result or {}}))
 
 
-def evaluated(accuracy: float, gate_passed: bool | None = None) -> dict[str, Any]:
-    result: dict[str, Any] = {"metrics": {"qa.acc": accuracy, "qa.acc_norm": accuracy / 2}}
-    if gate_passed is not None:
-        result["gate"] = {"passed": gate_passed, "checks": [{"metric": "qa.acc", "value": accuracy, "condition": ">= 0.9", "passed": gate_passed}]}
-    return result
+def evaluated(accuracy: float) -> dict[str, Any]:
+    return {"metrics": {"qa.acc": accuracy, "qa.acc_norm": accuracy / 2}}
 
 
 class Stages:
@@ -224,12 +221,22 @@ def test_a_selection_metric_no_evaluation_produced_fails_the_run_naming_it(k8s: 
     assert "no metric 'qa.exact_match'" in document["reason"] and "(metrics there: qa.acc, qa.acc_norm)" in document["reason"]
 
 
-def test_the_winners_gate_stops_its_quantize_and_publish(k8s: FakeApiServer, store: Store, plans_json: dict[str, Any]) -> None:
-    plan = sweep_plan(plans_json, store)
+@pytest.fixture(scope="module")
+def gated_plans_json(recipe: Path) -> dict[str, Any]:
+    """plans.json of the same sweep with a gate every point misses (qa.acc is at most 0.75 below)."""
+    path = recipe.parent / "tiny-sweep-gated.yml"
+    path.write_text(RECIPE.replace('evaluate: {suites: [{jsonl: "s3://eval-bucket/qa.jsonl"}]}', 'evaluate: {suites: [{jsonl: "s3://eval-bucket/qa.jsonl"}], gate: {qa.acc: ">= 0.9"}}'))
+    return plans_of(render(path))
+
+
+def test_the_winners_gate_stops_its_quantize_and_publish(k8s: FakeApiServer, store: Store, plans_json: dict[str, Any], gated_plans_json: dict[str, Any]) -> None:
+    plan = sweep_plan(gated_plans_json, store)
     stages = Stages(plan)
+    assert [evaluation.key for evaluation in stages.evaluations] == [evaluation.key for evaluation in Stages(sweep_plan(plans_json, store)).evaluations]
+    assert all(point[name].gate == {"qa.acc": ">= 0.9"} and point["evaluate"].gate == {} for point in stages.points for name in ("quantize", "publish"))
     commit(store, plan, stages.merge.key)
     for evaluation, accuracy in zip(stages.evaluations, (0.5, 0.75, 0.25), strict=True):
-        commit(store, plan, evaluation.key, evaluated(accuracy, gate_passed=False))
+        commit(store, plan, evaluation.key, evaluated(accuracy))  # measurements only: the driver judges the gate on them
     assert DriverThread(plan, store).result() == 2
     assert k8s.job_creates == []
     status = saved(store)

@@ -1,8 +1,10 @@
 """Quality gates: conditions judged on flat metrics, and a missed gate stopping quantize and
-publish under `foundry run` (real stages, a tiny model) and under the cluster driver."""
+publish under `foundry run` (real stages, a tiny model) and under the cluster driver; the
+evaluation only measures, so a new threshold is judged on its cached metrics."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +18,7 @@ from foundry.gate import GATED_EXIT_CODE
 from foundry.k8s.cluster import connect
 from foundry.k8s.runs import RunPlan
 from foundry.metrics import metric_value, read_metrics
-from foundry.store import build_record, open_store
+from foundry.store import Store, build_record, open_store
 from jobs.driver import Driver
 
 SUITE = [
@@ -98,7 +100,7 @@ def test_a_missed_gate_stops_before_quantize_and_publishes_nothing(runs) -> None
     assert not catalog.exists() or "gated" not in json.loads(catalog.read_text())
     assert not (work / "published" / "gated").exists()
     marker = json.loads((evaluate / "_SUCCESS.json").read_text())["result"]
-    assert marker["gate"]["passed"] is False and marker["metrics"] == read_metrics(evaluate)
+    assert set(marker) == {"metrics", "suites"} and marker["metrics"] == read_metrics(evaluate)  # measurements only, no verdict
 
 
 def test_a_passed_gate_publishes_with_the_metrics_in_the_catalogue(runs) -> None:
@@ -109,12 +111,29 @@ def test_a_passed_gate_publishes_with_the_metrics_in_the_catalogue(runs) -> None
     store = work / ".foundry" / "store" / "passed"
     [evaluate] = [path for path in store.iterdir() if path.name.startswith("evaluate-")]
     document = json.loads((evaluate / "metrics.json").read_text())
-    assert document["gate"] == {"passed": True, "checks": [{"metric": "mc.acc_norm", "value": document["metrics"]["mc.acc_norm"], "condition": ">= 0.5", "passed": True}]}
+    assert "gate" not in document and document["metrics"]["mc.acc_norm"] >= 0.5
     assert document["suites"]["mc"]["n"] == len(SUITE) and len(document["suites"]["mc"]["items"]) == len(SUITE)
     entry = json.loads((work / "published" / "models.json").read_text())["passed"]
     assert entry["metrics"] == document["metrics"]
     assert json.loads((work / "published" / "passed" / "manifest.json").read_text())["metrics"] == document["metrics"]
     assert "gated" not in json.loads((work / "published" / "models.json").read_text())
+
+
+def test_a_loosened_gate_is_judged_on_the_cached_evaluation(runs, tmp_path: Path) -> None:
+    """The gate is no part of the evaluation's key: after a miss, a lower threshold re-runs
+    nothing but the judgement, then quantizes and publishes. In a copy of the failed run's
+    folder, the suite named by its first path, so the recipe differs in the gate alone."""
+    work = tmp_path / "work"
+    shutil.copytree(runs[0], work)
+    [evaluate] = (work / ".foundry" / "store" / "gated").glob("evaluate-*")
+    measured = (evaluate / "_SUCCESS.json").read_text()
+    (work / "fail.yml").write_text(RECIPE.format(name="gated", condition=">= 0.5").replace("mc.jsonl", str(runs[0] / "mc.jsonl")))
+    rerun = foundry("run", "fail.yml", cwd=work)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"• evaluate {evaluate.name} cached" in rerun.stderr and "▶ evaluate" not in rerun.stderr
+    assert "✓ quantize " in rerun.stderr and "✓ publish " in rerun.stderr
+    assert (evaluate / "_SUCCESS.json").read_text() == measured
+    assert json.loads((work / "published" / "models.json").read_text())["gated"]["metrics"] == read_metrics(evaluate)
 
 
 def test_plan_shows_the_gate_and_publish_refuses_a_gated_evaluation(runs, tmp_path: Path) -> None:
@@ -125,22 +144,43 @@ def test_plan_shows_the_gate_and_publish_refuses_a_gated_evaluation(runs, tmp_pa
 
     evaluate = next((work / ".foundry" / "store" / "gated").glob("evaluate-*"))
     with pytest.raises(UserError, match="publish: the evaluation missed its gate \\(mc.acc_norm = .*, needs >= 0.9\\)"):
-        _evaluation_metrics(evaluate)
+        _evaluation_metrics(evaluate, {"mc.acc_norm": ">= 0.9"})
+    assert _evaluation_metrics(evaluate, {"mc.acc_norm": ">= 0"}) == _evaluation_metrics(evaluate, {}) == read_metrics(evaluate)
+    with pytest.raises(UserError, match="publish: gate: no metric 'mc.acc_nrm'; did you mean mc.acc_norm"):
+        _evaluation_metrics(evaluate, {"mc.acc_nrm": ">= 0.1"})
+    with pytest.raises(UserError, match="publish.gate: a gate needs an `evaluation` input"):
+        _evaluation_metrics(None, {"mc.acc_norm": ">= 0.1"})
+
+
+def commit_evaluation(store: Store, key: str, metrics: dict[str, float]) -> None:
+    """What the evaluate stage leaves: its measurements, in metrics.json and its marker's result."""
+    staging = store.new_staging("r", key)
+    (staging / "metrics.json").write_text(json.dumps({"metrics": metrics}))
+    store.commit("r", key, staging, build_record(staging, key=key, stage="evaluate", recipe="r", started=0.0, extra={"result": {"metrics": metrics, "suites": {}}}))
+
+
+def test_blocking_judges_the_committed_metrics_against_the_rules_it_is_given(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    commit_evaluation(store, "evaluate-1111aaaa", {"mc.acc_norm": 0.25})
+    keys = ["merge-0000ffff", "evaluate-1111aaaa"]
+    assert gate.blocking(store, "r", keys, {"mc.acc_norm": ">= 0.5"}) == "gate failed in evaluate-1111aaaa: mc.acc_norm = 0.25, needs >= 0.5"
+    assert gate.blocking(store, "r", keys, {"mc.acc_norm": ">= 0.2"}) is None
+    assert gate.blocking(store, "r", keys, {}) is None
+    assert gate.blocking(store, "r", ["evaluate-2222bbbb"], {"mc.acc_norm": ">= 0.5"}) is None  # not measured yet: nothing to judge
+    with pytest.raises(UserError, match="recipe r, evaluation evaluate-1111aaaa: gate: no metric 'mc.acc'; did you mean mc.acc_norm"):
+        gate.blocking(store, "r", keys, {"mc.acc": ">= 0.5"})
 
 
 def test_the_driver_marks_stages_after_a_missed_gate_gated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = open_store(str(tmp_path / "store"))
     keys = {"evaluate": "evaluate-1111aaaa", "quantize": "quantize-2222bbbb", "publish": "publish-3333cccc"}
     needs = {"evaluate": [], "quantize": [keys["evaluate"]], "publish": [keys["quantize"], keys["evaluate"]]}
+    rules = {"evaluate": {}, "quantize": {"mc.acc_norm": ">= 0.5"}, "publish": {"mc.acc_norm": ">= 0.5"}}
     plan = RunPlan.model_validate({"recipe": "r", "recipe_hash": "0" * 16, "store": store.url, "stages": [
-        {"stage": stage, "key": key, "needs": needs[stage], "spec": {}, "job": {"metadata": {"name": f"fdy-r-{key}"}, "spec": {"template": {"spec": {"containers": []}}}}}
+        {"stage": stage, "key": key, "needs": needs[stage], "gate": rules[stage], "spec": {}, "job": {"metadata": {"name": f"fdy-r-{key}"}, "spec": {"template": {"spec": {"containers": []}}}}}
         for stage, key in keys.items()
     ]})
-    verdict = {"passed": False, "checks": [{"metric": "mc.acc_norm", "value": 0.25, "condition": ">= 0.5", "passed": False}]}
-    staging = store.new_staging("r", keys["evaluate"])
-    (staging / "metrics.json").write_text("{}")
-    result = {"metrics": {"mc.acc_norm": 0.25}, "gate": verdict}
-    store.commit("r", keys["evaluate"], staging, build_record(staging, key=keys["evaluate"], stage="evaluate", recipe="r", started=0.0, extra={"result": result}))
+    commit_evaluation(store, keys["evaluate"], {"mc.acc_norm": 0.25})
     with FakeApiServer.running(tmp_path) as fake:
         monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig))
         code = Driver(RUN, plan, connect(), store, watch_seconds=1).run()

@@ -65,3 +65,19 @@ def test_evaluate_comes_before_quantize_which_waits_for_its_gate(tmp_path: Path)
     assert evaluate.inputs["model"].model == "tiny:gpt2-a" and quantize.inputs["model"].model == "tiny:gpt2-a"
     assert quantize.after == (evaluate.key,) and publish.after == (evaluate.key,)
     assert publish.inputs["evaluation"].key == evaluate.key
+    assert evaluate.gate == quantize.gate == publish.gate == {} and "gate" not in evaluate.params and "gate" not in publish.params
+
+
+def test_only_publish_keys_the_gate_which_quantize_and_publish_carry(tmp_path: Path) -> None:
+    """The gate judges the measurements: a new threshold must not measure (or quantize) again."""
+    keys = {}
+    for threshold in ("0.45", "0.6"):
+        path = tmp_path / f"gate-{threshold}.yml"
+        path.write_text(f"name: g\nmodels: [{{model: tiny:gpt2-a}}]\nevaluate: {{suites: [arc_easy], gate: {{arc_easy.acc_norm: '>= {threshold}'}}}}\n"
+                        "quantize: {variants: [q8]}\npublish: {to: ./out}\n")
+        evaluate, quantize, publish = plan(load_recipe(path)).stages
+        rules = {"arc_easy.acc_norm": f">= {threshold}"}
+        assert "gate" not in evaluate.params and evaluate.gate == {}
+        assert quantize.gate == publish.gate == publish.params["gate"] == rules
+        keys[threshold] = (evaluate.key, quantize.key, publish.key)
+    assert keys["0.45"][:2] == keys["0.6"][:2] and keys["0.45"][2] != keys["0.6"][2]

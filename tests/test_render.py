@@ -13,8 +13,9 @@ import yaml
 
 from foundry import helm as foundry_helm
 from foundry.errors import UserError
+from foundry.k8s.runs import PLAN_KEY, read_plan
 from foundry.recipe.load import load_recipe
-from foundry.render import chart_path
+from foundry.render import chart_path, render_recipe
 from foundry.sweep import expand
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,6 +163,23 @@ def test_the_helm_binary_renders_and_lints_as_the_sdk_does(tmp_path: Path, monke
     assert engine.lint(chart_path(), {"store": {"url": "s3://foundry-store/runs"}, "pools": {"cpu": {"gpus": 2}}}, namespace="ml")[0].startswith("[ERROR] ")
     missing = foundry("render", str(TINY), "--set", STORE, env={"FOUNDRY_HELM": str(tmp_path / "nope")})
     assert missing.returncode == 2 and "no such helm executable" in missing.stderr
+
+
+def test_the_gate_travels_in_plan_json_with_the_stages_that_wait_on_the_evaluation(tmp_path: Path) -> None:
+    """The driver reads the rules from plan.json; changing them moves publish's key (and Job) only."""
+    stages = {}
+    for threshold in ("0.45", "0.6"):
+        path = tmp_path / f"gate-{threshold}.yml"
+        path.write_text(TINY.read_text() + f"evaluate: {{suites: [{{jsonl: s3://eval-bucket/qa.jsonl}}], gate: {{qa.acc: '>= {threshold}'}}}}\n")
+        (config_map,) = [obj for obj in render_recipe(path, sets=[STORE]).objects if obj["kind"] == "ConfigMap"]
+        plan = read_plan(config_map["data"][PLAN_KEY], "plan.json")
+        stages[threshold] = {planned.stage: planned for planned in plan.stages}
+        rules = {"qa.acc": f">= {threshold}"}
+        assert [(planned.stage, planned.gate) for planned in plan.stages] == [("merge", {}), ("evaluate", {}), ("quantize", rules), ("publish", rules)]
+        assert stages[threshold]["publish"].spec["params"]["gate"] == rules and "gate" not in stages[threshold]["evaluate"].spec["params"]
+    low, high = stages["0.45"], stages["0.6"]
+    assert [low[name].job_name for name in ("merge", "evaluate", "quantize")] == [high[name].job_name for name in ("merge", "evaluate", "quantize")]
+    assert low["publish"].key != high["publish"].key
 
 
 def _recipe(tmp_path: Path, sweep: str) -> Path:

@@ -165,15 +165,16 @@ def test_foundry_run_points_a_sweep_at_foundry_sweep(swept: Swept) -> None:
 
 
 def test_a_winner_that_misses_its_gate_is_neither_quantized_nor_published(tmp_path: Path) -> None:
-    """The evaluations are committed beforehand (stand-in markers with the verdicts the evaluate
-    stage records), so nothing runs: the selection, then the gate, through the real runner."""
+    """The evaluations are committed beforehand (stand-in markers with the metrics the evaluate
+    stage records), so nothing runs: the selection, then the gate judged on the winner's
+    metrics, through the real runner."""
     (tmp_path / "facts.jsonl").write_text(json.dumps({"query": "Q", "choices": ["a", "b"], "gold": 0}) + "\n")
     recipe = write_recipe(tmp_path, "gated.yml", "facts.acc")
     recipe.write_text(recipe.read_text().replace("evaluate:\n", "evaluate:\n  gate: {facts.acc: \">= 0.9\"}\n"))
     sweep, _ = plan_sweep(load_recipe(recipe))
     store = open_store(str(tmp_path / "store"))
     for point, accuracy in zip(sweep.points, [0.5, 0.8, 0.7, 0.6, 0.8], strict=True):
-        result = {"metrics": {"facts.acc": accuracy}, "gate": {"passed": False, "checks": [{"metric": "facts.acc", "value": accuracy, "condition": ">= 0.9", "passed": False}]}}
+        result = {"metrics": {"facts.acc": accuracy}}
         for planned in point.explored:
             if not store.is_committed(sweep.recipe, planned.key):
                 staging = store.new_staging(sweep.recipe, planned.key)

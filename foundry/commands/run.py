@@ -36,7 +36,7 @@ def show_plan(recipe_path: Path, store_flag: str | None, *, strict: bool = False
     for planned in the_plan.stages:
         inputs = ", ".join(f"{name}={source.key or source.model}" for name, source in planned.inputs.items())
         state = "committed" if store.is_committed(the_plan.recipe, planned.key) else "to run"
-        stopped = gate.blocking(store, the_plan.recipe, planned.after)
+        stopped = gate.blocking(store, the_plan.recipe, planned.after, planned.gate)
         state += f" (gated: {stopped})" if stopped else ""
         table.add_row(planned.stage, planned.key, inputs or "-", state)
     Console(highlight=False).print(table)

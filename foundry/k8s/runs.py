@@ -30,6 +30,7 @@ class PlanStage(BaseModel):
     stage: str
     key: str
     needs: list[str] = []
+    gate: dict[str, str] = {}  # judged on the evaluations among `needs` before the Job is created (foundry/gate.py)
     spec: dict[str, Any]
     job: dict[str, Any]
 

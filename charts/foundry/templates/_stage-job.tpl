@@ -5,8 +5,9 @@ reaches the container as a file through the downward API, so a Job needs no othe
 stays exactly what was planned however often the recipe is re-submitted.
 
 Arguments: dict "root" $ "recipe" NAME "stage" <plan stage> "specJson" JSON.
-A plan stage is {stage, key, needs, spec, resources}; resources is the recipe's
-resources.<stage> in the pools' short form.
+A plan stage is {stage, key, needs, gate, spec, resources}; resources is the recipe's
+resources.<stage> in the pools' short form, gate the rules the driver judges on the
+evaluations among needs before it creates the Job.
 */}}
 {{- define "foundry.stagePool" -}}
 {{- $v := .root.Values -}}
@@ -179,7 +180,7 @@ Arguments: dict "root" $ "plan" <plan as passed by foundry render>.
 {{- if hasKey $job "Error" }}{{ fail (printf "stage Job of %s did not render as YAML: %s" .key $job.Error) }}{{ end -}}
 {{- $digest := toJson $job.spec | sha256sum | trunc 6 -}}
 {{- $_ := set $job.metadata "name" (printf "fdy-%s-%s-%s" (include "foundry.dns" (dict "text" $plan.recipe "max" 28)) .key $digest) -}}
-{{- $stages = append $stages (dict "stage" .stage "key" .key "needs" .needs "spec" $spec "job" $job) -}}
+{{- $stages = append $stages (dict "stage" .stage "key" .key "needs" .needs "gate" (.gate | default dict) "spec" $spec "job" $job) -}}
 {{- end -}}
 {{- toJson (dict "recipe" $plan.recipe "recipe_hash" $plan.recipe_hash "store" $store "stages" $stages) -}}
 {{- end -}}
