@@ -93,3 +93,28 @@ def bucket(s3_env):
     name = f"foundry-test-{uuid.uuid4().hex[:12]}"
     client().create_bucket(Bucket=name)
     return name
+
+
+# --- Kubernetes: the API server fake (tests/k8s_fake.py), through the official client ------
+
+@pytest.fixture
+def k8s(tmp_path, monkeypatch):
+    """The fake API server on loopback, KUBECONFIG pointing at it; status tables printed wide,
+    so that no cell a test reads is folded."""
+    from k8s_fake import FakeApiServer
+    from rich.console import Console
+
+    from foundry.commands import status as status_command
+
+    monkeypatch.setattr(status_command, "console", Console(highlight=False, width=250))
+    with FakeApiServer.running(tmp_path) as fake:
+        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig))
+        yield fake
+
+
+@pytest.fixture
+def store(tmp_path):
+    """An empty local store of the test's own."""
+    from foundry.store import open_store
+
+    return open_store(str(tmp_path / "store"))

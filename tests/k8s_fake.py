@@ -450,3 +450,30 @@ def commit_key(store: Store, recipe: str, key: str) -> None:
     staging = store.new_staging(recipe, key)
     (staging / "out.txt").write_text(key)
     store.commit(recipe, key, staging, build_record(staging, key=key, stage=key.split("-")[0], recipe=recipe, started=0.0, extra={}))
+
+
+class DriverThread:
+    """A driver's run() in a thread of the test, as its pod would run it."""
+
+    def __init__(self, driver: Any) -> None:
+        self.code: int | None = None
+        self.driver = driver
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.code = self.driver.run()
+
+    def result(self, timeout: float = 10.0) -> int | None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the driver did not finish"
+        return self.code
+
+
+def saved(store: Store, run: str = RUN) -> Any:
+    """The run's status as the driver last saved it in the store."""
+    from foundry import runstatus
+
+    status = runstatus.load(store, run)
+    assert status is not None
+    return status

@@ -9,33 +9,19 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from k8s_fake import RUN, FakeApiServer, commit_key, plan_of, rendered
+from k8s_fake import RUN, DriverThread, FakeApiServer, commit_key, plan_of, rendered, saved
 
 from foundry import runstatus
 from foundry.k8s.cluster import connect
 from foundry.k8s.errors import ClusterError
 from foundry.k8s.runs import RunPlan
-from foundry.store import Store, open_store
+from foundry.store import Store
 from jobs.driver import Driver, main
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def k8s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServer]:
-    with FakeApiServer.running(tmp_path) as fake:
-        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig))
-        yield fake
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return open_store(str(tmp_path / "store"))
 
 
 @pytest.fixture
@@ -49,31 +35,9 @@ def complete(fake: FakeApiServer, store: Store, plan: RunPlan, index: int) -> No
     fake.succeed(plan.stages[index].job_name)
 
 
-class DriverThread:
-    def __init__(self, plan: RunPlan, store: Store) -> None:
-        self.code: int | None = None
-        self.driver = Driver(RUN, plan, connect(), store)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        self.code = self.driver.run()
-
-    def result(self, timeout: float = 10.0) -> int | None:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the driver did not finish"
-        return self.code
-
-
-def saved(store: Store) -> runstatus.RunStatus:
-    status = runstatus.load(store, RUN)
-    assert status is not None
-    return status
-
-
 def test_runs_each_stage_job_once_its_inputs_are_committed(k8s: FakeApiServer, store: Store, plan: RunPlan) -> None:
     merge, quantize, publish = (s.job_name for s in plan.stages)
-    driver = DriverThread(plan, store)
+    driver = DriverThread(Driver(RUN, plan, connect(), store))
     k8s.wait_for(lambda: k8s.job(merge) is not None)
     assert k8s.job(quantize) is None and saved(store).state == "running"
     complete(k8s, store, plan, 0)
@@ -92,7 +56,7 @@ def test_runs_each_stage_job_once_its_inputs_are_committed(k8s: FakeApiServer, s
 
 def test_a_committed_stage_is_cached_and_gets_no_job(k8s: FakeApiServer, store: Store, plan: RunPlan) -> None:
     commit_key(store, plan.recipe, plan.stages[0].key)
-    driver = DriverThread(plan, store)
+    driver = DriverThread(Driver(RUN, plan, connect(), store))
     k8s.wait_for(lambda: k8s.job(plan.stages[1].job_name) is not None)
     complete(k8s, store, plan, 1)
     k8s.wait_for(lambda: k8s.job(plan.stages[2].job_name) is not None)
@@ -121,7 +85,7 @@ def test_a_driver_killed_and_restarted_mid_run_finishes_without_duplicating_a_jo
     second = started(quantize, 1)
     second.kill()
     second.wait()
-    third = DriverThread(plan, store)  # finds quantize's Job running: adopts it
+    third = DriverThread(Driver(RUN, plan, connect(), store))  # finds quantize's Job running: adopts it
     complete(k8s, store, plan, 1)
     k8s.wait_for(lambda: k8s.job(publish) is not None)
     complete(k8s, store, plan, 2)
@@ -142,7 +106,7 @@ def test_an_expired_watch_is_listed_again(k8s: FakeApiServer, store: Store, plan
     commit_key(store, plan.recipe, plan.stages[0].key)
     commit_key(store, plan.recipe, plan.stages[1].key)
     publish = plan.stages[2].job_name
-    driver = DriverThread(plan, store)
+    driver = DriverThread(Driver(RUN, plan, connect(), store))
     k8s.wait_for(lambda: k8s.job(publish) is not None and any(k == "ADDED" and obj["metadata"]["name"] == publish for _, k, _, _, obj in k8s.events))
     k8s.wait_for(lambda: any(query.get("watch") for _, _, query in k8s.requests))
     k8s.expire_watches()
@@ -160,7 +124,7 @@ def test_an_expired_watch_is_listed_again(k8s: FakeApiServer, store: Store, plan
 ])
 def test_a_failed_stage_is_reported_with_its_reason_and_log_tail(k8s: FakeApiServer, store: Store, plan: RunPlan, end, expected: str) -> None:
     merge = plan.stages[0].job_name
-    driver = DriverThread(plan, store)
+    driver = DriverThread(Driver(RUN, plan, connect(), store))
     k8s.wait_for(lambda: k8s.job(merge) is not None)
     k8s.log(merge, "".join(f"loading shard {i}\n" for i in range(30)) + "error: input model tiny:nope is not a known tiny model\n")
     end(k8s, merge)
@@ -175,7 +139,7 @@ def test_a_failed_stage_is_reported_with_its_reason_and_log_tail(k8s: FakeApiSer
 
 def test_a_job_that_completed_without_committing_fails_the_run(k8s: FakeApiServer, store: Store, plan: RunPlan) -> None:
     merge = plan.stages[0].job_name
-    driver = DriverThread(plan, store)
+    driver = DriverThread(Driver(RUN, plan, connect(), store))
     k8s.wait_for(lambda: k8s.job(merge) is not None)
     k8s.succeed(merge)
     assert driver.result() == 2
@@ -203,7 +167,7 @@ def test_a_job_that_failed_in_an_earlier_run_is_replaced_not_adopted(k8s: FakeAp
     earlier = Driver("foundry-tiny-demo-last-night", plan, connect(), store)
     earlier._create(earlier.status.stages[0], plan.stages[0])
     k8s.fail(merge)  # and it stays there, failed, for the Job's ttlSecondsAfterFinished
-    driver = DriverThread(plan, store)
+    driver = DriverThread(Driver(RUN, plan, connect(), store))
     k8s.wait_for(lambda: k8s.job_creates.count(merge) == 2)
     assert k8s.job(merge)["metadata"]["annotations"]["foundry.dev/run"] == RUN
     for index in range(3):
@@ -218,5 +182,5 @@ def test_a_restarted_driver_keeps_its_own_runs_failure(k8s: FakeApiServer, store
     first = Driver(RUN, plan, connect(), store)
     first._create(first.status.stages[0], plan.stages[0])
     k8s.fail(merge)
-    assert DriverThread(plan, store).result() == 2  # the same run, started again: its failure stands
+    assert DriverThread(Driver(RUN, plan, connect(), store)).result() == 2  # the same run, started again: its failure stands
     assert k8s.job_creates == [merge] and saved(store).stages[0].state == "failed"

@@ -9,22 +9,18 @@ import json
 import os
 import subprocess
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from k8s_fake import FakeApiServer
-from rich.console import Console
+from k8s_fake import DriverThread, FakeApiServer, saved
 
 from foundry import cli, runstatus
-from foundry.commands import status as status_command
 from foundry.commands.submit import apply_all
 from foundry.k8s.cluster import connect
 from foundry.k8s.runs import PLANS_KEY, SweepPlan, read_sweep_plan
 from foundry.render import Rendered, render_recipe
-from foundry.store import Store, build_record, open_store
+from foundry.store import Store, build_record
 from jobs.driver import SweepDriver, main, sweep_document_path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,19 +63,6 @@ def plans_json(recipe: Path) -> dict[str, Any]:
     return plans_of(render(recipe, cron="0 2 * * *"))
 
 
-@pytest.fixture
-def k8s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServer]:
-    monkeypatch.setattr(status_command, "console", Console(highlight=False, width=250))  # a wide table: no folded cells
-    with FakeApiServer.running(tmp_path) as fake:
-        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig))
-        yield fake
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return open_store(str(tmp_path / "store"))
-
-
 def sweep_plan(plans_json: dict[str, Any], store: Store, **changes: Any) -> SweepPlan:
     """The rendered plans, pointed at this test's store (the chart writes the store's s3:// URL)."""
     document = {**plans_json, "store": store.url, **changes}
@@ -113,28 +96,6 @@ class Stages:
         fake.succeed(stage.job_name)
 
 
-class DriverThread:
-    def __init__(self, plan: SweepPlan, store: Store, run: str = RUN) -> None:
-        self.code: int | None = None
-        self.driver = SweepDriver(run, plan, connect(), store)
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        self.code = self.driver.run()
-
-    def result(self, timeout: float = 10.0) -> int | None:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the driver did not finish"
-        return self.code
-
-
-def saved(store: Store) -> runstatus.RunStatus:
-    status = runstatus.load(store, RUN)
-    assert status is not None
-    return status
-
-
 def report(store: Store) -> dict[str, Any]:
     document = store.get_document(sweep_document_path(RUN))
     assert document is not None
@@ -145,7 +106,7 @@ def test_the_points_run_up_to_their_evaluation_then_only_the_winner_is_quantized
     plan = sweep_plan(plans_json, store)
     stages = Stages(plan)
     assert len({point["merge"].key for point in stages.points}) == 1 and len({e.key for e in stages.evaluations}) == 3
-    driver = DriverThread(plan, store)
+    driver = DriverThread(SweepDriver(RUN, plan, connect(), store))
     k8s.wait_for(lambda: k8s.job(stages.merge.job_name) is not None)
     assert k8s.job_creates == [stages.merge.job_name], "one merge for the three points, and nothing before it is committed"
     stages.complete(k8s, store, stages.merge)
@@ -161,7 +122,7 @@ def test_the_points_run_up_to_their_evaluation_then_only_the_winner_is_quantized
     assert driver.result() == 0
     assert k8s.job_creates[:1] + sorted(k8s.job_creates[1:4]) + k8s.job_creates[4:] == \
         [stages.merge.job_name, *sorted(e.job_name for e in stages.evaluations), winner["quantize"].job_name, winner["publish"].job_name]
-    status = saved(store)
+    status = saved(store, RUN)
     assert status.state == "succeeded" and status.recipe_hash == plan.recipe_hash
     assert [(row.stage, row.state) for row in status.stages] == [("merge", "succeeded")] + [("evaluate", "succeeded")] * 3 + [("quantize", "succeeded"), ("publish", "succeeded")]
     document = report(store)
@@ -197,14 +158,14 @@ def test_a_sweep_driver_killed_and_restarted_chooses_the_same_winner_without_dup
     second = started(lambda: running(winner["quantize"].key))
     second.kill()
     second.wait()
-    third = DriverThread(plan, store)  # resumes with the winner's rows saved: adopts its quantize Job
+    third = DriverThread(SweepDriver(RUN, plan, connect(), store))  # resumes with the winner's rows saved: adopts its quantize Job
     stages.complete(k8s, store, winner["quantize"])
     k8s.wait_for(lambda: k8s.job(winner["publish"].job_name) is not None)
     stages.complete(k8s, store, winner["publish"])
     assert third.result() == 0
     assert len(k8s.job_creates) == len(set(k8s.job_creates)) == 6
     assert k8s.job_creates[-2:] == [winner["quantize"].job_name, winner["publish"].job_name]
-    assert [row.state for row in saved(store).stages] == ["succeeded"] * 6 and report(store)["winner"]["index"] == 2
+    assert [row.state for row in saved(store, RUN).stages] == ["succeeded"] * 6 and report(store)["winner"]["index"] == 2
 
 
 def test_a_selection_metric_no_evaluation_produced_fails_the_run_naming_it(k8s: FakeApiServer, store: Store, plans_json: dict[str, Any]) -> None:
@@ -213,9 +174,9 @@ def test_a_selection_metric_no_evaluation_produced_fails_the_run_naming_it(k8s: 
     commit(store, plan, stages.merge.key)
     for evaluation in stages.evaluations:
         commit(store, plan, evaluation.key, evaluated(0.5))
-    assert DriverThread(plan, store).result() == 2
+    assert DriverThread(SweepDriver(RUN, plan, connect(), store)).result() == 2
     assert k8s.job_creates == [], "everything explored was committed, and no winner was chosen"
-    status, document = saved(store), report(store)
+    status, document = saved(store, RUN), report(store)
     assert status.state == "failed" and [row.state for row in status.stages] == ["cached"] * 4
     assert document["state"] == "failed" and document["winner"] is None
     assert "no metric 'qa.exact_match'" in document["reason"] and "(metrics there: qa.acc, qa.acc_norm)" in document["reason"]
@@ -237,9 +198,9 @@ def test_the_winners_gate_stops_its_quantize_and_publish(k8s: FakeApiServer, sto
     commit(store, plan, stages.merge.key)
     for evaluation, accuracy in zip(stages.evaluations, (0.5, 0.75, 0.25), strict=True):
         commit(store, plan, evaluation.key, evaluated(accuracy))  # measurements only: the driver judges the gate on them
-    assert DriverThread(plan, store).result() == 2
+    assert DriverThread(SweepDriver(RUN, plan, connect(), store)).result() == 2
     assert k8s.job_creates == []
-    status = saved(store)
+    status = saved(store, RUN)
     assert status.state == "gated" and [row.state for row in status.stages[-2:]] == ["gated", "gated"]
     assert status.stages[-2].reason == f"gate failed in {stages.evaluations[1].key}: qa.acc = 0.75, needs >= 0.9"
     assert report(store)["winner"]["outcomes"] == {stages.points[1]["quantize"].key: "gated", stages.points[1]["publish"].key: "gated"}
@@ -264,7 +225,7 @@ def test_status_and_runs_read_a_sweep_run_from_the_cluster(k8s: FakeApiServer, s
     commit(store, plan, stages.merge.key)
     for evaluation, accuracy in zip(stages.evaluations, (0.75, 0.5, 0.25), strict=True):
         commit(store, plan, evaluation.key, evaluated(accuracy))
-    driver = DriverThread(plan, store, run)
+    driver = DriverThread(SweepDriver(run, plan, connect(), store))
     winner = stages.points[0]
     k8s.wait_for(lambda: k8s.job(winner["quantize"].job_name) is not None)
     stages.complete(k8s, store, winner["quantize"])

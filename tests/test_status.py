@@ -2,33 +2,17 @@
 
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from k8s_fake import RUN, FakeApiServer, commit_key, plan_of, rendered
-from rich.console import Console
 
 from foundry import cli, runstatus
-from foundry.commands import status as status_command
 from foundry.commands.submit import apply_all
 from foundry.k8s.cluster import connect
 from foundry.k8s.runs import RunPlan
-from foundry.store import Store, open_store
+from foundry.store import Store
 from jobs.driver import Driver
-
-
-@pytest.fixture
-def k8s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServer]:
-    monkeypatch.setattr(status_command, "console", Console(highlight=False, width=250))  # a wide table: no folded cells
-    with FakeApiServer.running(tmp_path) as fake:
-        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig))
-        yield fake
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return open_store(str(tmp_path / "store"))
 
 
 @pytest.fixture

@@ -8,16 +8,13 @@ import json
 import socket
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
 from k8s_fake import RUN, FakeApiServer, commit_key, plan_of, rendered
-from rich.console import Console
 
 from foundry import cli
-from foundry.commands import status as status_command
 from foundry.commands.submit import apply_all, follow_run
 from foundry.k8s.apply import apply
 from foundry.k8s.cluster import connect
@@ -30,14 +27,6 @@ REPO = Path(__file__).resolve().parent.parent
 RECIPE = str(REPO / "recipes" / "tiny-demo.yml")
 STORE = "store.url=s3://foundry-test/runs"
 KINDS = ["ServiceAccount", "Role", "RoleBinding", "ConfigMap", "Job"]
-
-
-@pytest.fixture
-def k8s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeApiServer]:
-    monkeypatch.setattr(status_command, "console", Console(highlight=False, width=250))  # a wide table: no folded cells
-    with FakeApiServer.running(tmp_path) as fake:
-        monkeypatch.setenv("KUBECONFIG", str(fake.kubeconfig))
-        yield fake
 
 
 def foundry(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
