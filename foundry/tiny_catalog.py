@@ -7,6 +7,10 @@ builds the weights and tokenizer from the same specification.
 
 Models of one family share one tokenizer and one shape and differ only in their seed,
 so any two of a family can be merged with every mergekit method.
+
+The `skills-` models are the merging testbed: a Llama-family base taught generic chat tasks,
+and two specialists fine-tuned from it to one skill each (`jobs/tiny_skills.py`), so that
+task vectors relative to a shared base exist and merging them can be measured.
 """
 
 from dataclasses import dataclass, field
@@ -28,6 +32,8 @@ class TinySpec:
     architecture: str
     seed: int
     config: dict[str, Any] = field(hash=False)
+    parent: str | None = None  # fine-tuned from this tiny model's weights instead of trained from scratch
+    skill: str | None = None  # what jobs.tiny_skills teaches on top: "generic", "arith" or "reverse"
 
     @property
     def vocab_size(self) -> int:
@@ -75,13 +81,24 @@ _FAMILIES = {
     "gpt2": ("GPT2LMHeadModel", _gpt2_config),
 }
 
+# name: (parent, skill). The base learns generic tasks; each specialist learns one skill from it.
+_SKILLS = {
+    "skills-base": (None, "generic"),
+    "skills-arith": ("skills-base", "arith"),
+    "skills-reverse": ("skills-base", "reverse"),
+}
+
+
 def _catalog() -> dict[str, TinySpec]:
-    """Three seeds per family: enough for every mergekit method (a base plus two models)."""
+    """Three seeds per family: enough for every mergekit method (a base plus two models);
+    then the skills testbed, Llama-shaped with the Llama tokenizer."""
     specs = {}
     for family_index, (family, (architecture, make_config)) in enumerate(_FAMILIES.items()):
         for seed_index, suffix in enumerate("abc"):
             name = f"{family}-{suffix}"
             specs[name] = TinySpec(name, family, architecture, seed=1000 * (family_index + 1) + seed_index, config=make_config())
+    for index, (name, (parent, skill)) in enumerate(_SKILLS.items()):
+        specs[name] = TinySpec(name, "llama", _FAMILIES["llama"][0], seed=5000 + index, config=_llama_config(), parent=parent, skill=skill)
     return specs
 
 

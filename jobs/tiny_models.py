@@ -36,6 +36,7 @@ from transformers import (
 
 from foundry.errors import UserError
 from foundry.tiny_catalog import BUILD_VERSION, CATALOG, PREFIX, TinySpec
+from jobs.tiny_skills import teach
 
 Chat = list[dict[str, str]]
 
@@ -152,9 +153,15 @@ def _cache_root() -> Path:
 def _write_model(spec: TinySpec, folder: Path) -> None:
     family = _FAMILIES[spec.family]
     tokenizer = _hf_tokenizer(spec.family)
+    parent = build(spec.parent) if spec.parent else None
     with _deterministic_torch(spec.seed):
-        model = _new_model(spec, family, tokenizer)
-        _train(model, _token_stream(spec.family), spec.seed)
+        if parent is None:
+            model = _new_model(spec, family, tokenizer)
+            _train(model, _token_stream(spec.family), spec.seed)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(parent, dtype=torch.float32)
+        if spec.skill:
+            teach(model, tokenizer, spec.skill, spec.seed)
     model.save_pretrained(folder, safe_serialization=True)
     _mark_float32(folder / "config.json")
     tokenizer.save_pretrained(folder, save_jinja_files=False)
