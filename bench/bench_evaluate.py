@@ -81,7 +81,7 @@ def lm_eval_python() -> str | None:
     """An interpreter that imports lm_eval: $LM_EVAL_PYTHON, else the benchmark's own venv,
     made on first use; None (with how to install it) when that cannot be done."""
     chosen = os.environ.get("LM_EVAL_PYTHON") or str(VENV / "bin" / "python")
-    if subprocess.run([chosen, "-c", "import lm_eval"], capture_output=True).returncode == 0:
+    if Path(chosen).exists() and subprocess.run([chosen, "-c", "import lm_eval"], capture_output=True).returncode == 0:
         return chosen
     if os.environ.get("LM_EVAL_PYTHON"):
         print(f"bench_evaluate: $LM_EVAL_PYTHON ({chosen}) cannot import lm_eval; pip install '{LM_EVAL}' there", file=sys.stderr)

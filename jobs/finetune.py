@@ -140,7 +140,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         **report, "device": str(device), "resumed_from_step": outcome.resumed_from_step,
         "train_seconds": round(outcome.seconds, 3), "trained_tokens": outcome.tokens,
         "tokens_per_second": round(outcome.tokens / outcome.seconds, 1) if outcome.seconds else None,
-        "peak_gpu_memory_bytes": outcome.peak_memory_bytes,
+        "peak_gpu_memory_bytes": outcome.peak_gpu_memory_bytes, "peak_rss_bytes": outcome.peak_rss_bytes,
     }
 
 

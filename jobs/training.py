@@ -16,8 +16,10 @@ import json
 import logging
 import math
 import os
+import resource
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -60,7 +62,8 @@ class Outcome:
     resumed_from_step: int | None
     seconds: float = 0.0
     tokens: int = 0  # real (non-padding) tokens trained on in this process
-    peak_memory_bytes: int | None = None
+    peak_gpu_memory_bytes: int | None = None
+    peak_rss_bytes: int = 0  # the process's peak resident memory up to the end of training
 
 
 class Checkpoints:
@@ -178,8 +181,15 @@ def train(
                 os.kill(os.getpid(), signal.SIGKILL)
     outcome.seconds = time.perf_counter() - began
     if device.type == "cuda":
-        outcome.peak_memory_bytes = torch.cuda.max_memory_allocated(device)
+        outcome.peak_gpu_memory_bytes = torch.cuda.max_memory_allocated(device)
+    outcome.peak_rss_bytes = peak_rss_bytes()
     return outcome
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far (getrusage counts KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _loss_sum(model: Any, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:

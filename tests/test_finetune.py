@@ -159,6 +159,7 @@ def test_killed_mid_training_it_resumes_from_the_last_checkpoint(tmp_path: Path)
     assert resumed.returncode == 0, resumed.stderr
     marker = json.loads((tmp_path / ".foundry" / "store" / "small" / key / SUCCESS_MARKER).read_text())
     assert marker["result"]["resumed_from_step"] == 20
+    assert 100 * 2**20 < marker["result"]["peak_rss_bytes"] < 64 * 2**30  # bytes, not KiB: torch alone is over 100 MiB
     logs = sorted((tmp_path / ".foundry" / "runs").glob("small-*/finetune.log"), key=lambda path: path.stat().st_mtime)
     assert "resuming from the checkpoint of step 20" in logs[-1].read_text()
     assert not checkpoints.exists()  # removed once the stage is done
