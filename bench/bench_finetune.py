@@ -25,13 +25,12 @@ import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from bench.report import write
+from bench.report import measured, write
 
 REPS = 3  # peak RSS differs by up to ±4% between identical runs: medians of three
 STEPS = 50  # one epoch of ROWS / BATCH: both sides train on every example once
@@ -45,6 +44,8 @@ SETTINGS = {
     "gradient_checkpointing": False, "max_steps": STEPS, "seed": 0, "eval_every": None, "checkpoint_every": STEPS,
     "split": {"validation": 0.0, "test": 0.0, "seed": 0}, "chat_template": "llama3", "preset": None, "force_cpu": False,
 }
+TRAINER, STAGE, PACKED = "transformers Trainer + peft", "foundry finetune stage", "foundry finetune stage, packing"
+SPEED_GOALS = {STAGE: 1.0, PACKED: 1.5}  # times the Trainer's tokens per second
 WORDS = "the cat dog bird fish horse river tree house garden book window door table road city forest mountain child teacher farmer small big old young red green".split()
 
 
@@ -76,16 +77,9 @@ def make_data(path: Path) -> Path:
 
 
 def run_measured(command: list[str], result_file: Path) -> dict[str, Any]:
-    """Run `command` in a child of a probe that reports its peak RSS; merge the child's JSON."""
-    probe = (
-        "import resource, subprocess, sys; code = subprocess.run(sys.argv[1:]).returncode; "
-        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)"
-    )
-    output = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, check=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
-    rss_kib, code = output.stdout.split()[-2:]
-    if code != "0":
-        raise RuntimeError(f"benchmark command failed: {' '.join(command)}\n{output.stderr[-3000:]}")
-    return {**json.loads(result_file.read_text()), "process_rss_mib": round(int(rss_kib) / 1024, 1)}
+    """Run `command` under bench.report's peak-RSS probe; merge the JSON it wrote."""
+    _, rss_kib = measured(command, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    return {**json.loads(result_file.read_text()), "process_rss_mib": round(rss_kib / 1024, 1)}
 
 
 def foundry_stage(model: Path, data: Path, work: Path, *, packing: bool) -> list[str]:
@@ -160,41 +154,48 @@ def _mib(value: int | None) -> float | None:
     return round(value / 2**20, 1) if value else None
 
 
+def summarize(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One side's runs: median speed and peaks, and how far apart its training peaks were."""
+    peaks = [sample["train_rss_mib"] for sample in samples]
+    return {
+        "tokens_per_s": round(statistics.median(sample["tokens"] / sample["seconds"] for sample in samples), 1),
+        "train_rss_mib": statistics.median(peaks),
+        "train_rss_spread_mib": round(max(peaks) - min(peaks), 1),
+        "process_rss_mib": statistics.median(sample["process_rss_mib"] for sample in samples),
+        "peak_gpu_mib": statistics.median((sample["peak_gpu_mib"] or 0) for sample in samples) or None,
+    }
+
+
+def judge(label: str, summary: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """A row of the table: the side against the Trainer, and its goal (none for the Trainer)."""
+    row = {
+        "run": label, **summary,
+        "speed_vs_trainer": round(summary["tokens_per_s"] / reference["tokens_per_s"], 3),
+        "train_rss_vs_trainer": round(summary["train_rss_mib"] / reference["train_rss_mib"], 3),
+    }
+    if label not in SPEED_GOALS:
+        return {**row, "goal": "reference", "meets_goal": None}
+    goal = SPEED_GOALS[label]
+    fast = summary["tokens_per_s"] >= goal * reference["tokens_per_s"]
+    lean = summary["train_rss_mib"] <= reference["train_rss_mib"] and (summary["peak_gpu_mib"] or 0) <= (reference["peak_gpu_mib"] or 0)
+    return {**row, "goal": f">= {goal}x speed, <= 1x memory", "meets_goal": fast and lean}
+
+
 def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="foundry-bench-finetune-"))
     try:
         model, data = make_model(work / "model"), make_data(work / "data.jsonl")
         commands = {
-            "transformers Trainer + peft": ([sys.executable, "-m", "bench.bench_finetune", "--trainer", str(model), str(data), str(work / "result-trainer.json")], work / "result-trainer.json"),
-            "foundry finetune stage": (foundry_stage(model, data, work, packing=False), work / "result-False.json"),
-            "foundry finetune stage, packing": (foundry_stage(model, data, work, packing=True), work / "result-True.json"),
+            TRAINER: ([sys.executable, "-m", "bench.bench_finetune", "--trainer", str(model), str(data), str(work / "result-trainer.json")], work / "result-trainer.json"),
+            STAGE: (foundry_stage(model, data, work, packing=False), work / "result-False.json"),
+            PACKED: (foundry_stage(model, data, work, packing=True), work / "result-True.json"),
         }
         runs: dict[str, list[dict[str, Any]]] = {label: [] for label in commands}
         for _ in range(REPS):
             for label, (command, result) in commands.items():
                 runs[label].append(run_measured(command, result))
-        reference: dict[str, Any] = {}
-        rows = []
-        for label, samples in runs.items():
-            measured = {
-                "tokens_per_s": round(statistics.median(sample["tokens"] / sample["seconds"] for sample in samples), 1),
-                "train_rss_mib": statistics.median(sample["train_rss_mib"] for sample in samples),
-                "train_rss_spread_mib": round(max(sample["train_rss_mib"] for sample in samples) - min(sample["train_rss_mib"] for sample in samples), 1),
-                "process_rss_mib": statistics.median(sample["process_rss_mib"] for sample in samples),
-                "peak_gpu_mib": statistics.median((sample["peak_gpu_mib"] or 0) for sample in samples) or None,
-            }
-            reference = reference or measured
-            row: dict[str, Any] = {
-                "run": label, **measured,
-                "speed_vs_trainer": round(measured["tokens_per_s"] / reference["tokens_per_s"], 3),
-                "train_rss_vs_trainer": round(measured["train_rss_mib"] / reference["train_rss_mib"], 3),
-            }
-            if measured is reference:
-                rows.append({**row, "goal": "reference", "meets_goal": None})
-                continue
-            goal = 1.5 if "packing" in label else 1.0
-            memory_ok = measured["train_rss_mib"] <= reference["train_rss_mib"] and (measured["peak_gpu_mib"] or 0) <= (reference["peak_gpu_mib"] or 0)
-            rows.append({**row, "goal": f">= {goal}x speed, <= 1x memory", "meets_goal": measured["tokens_per_s"] >= goal * reference["tokens_per_s"] and memory_ok})
+        summaries = {label: summarize(samples) for label, samples in runs.items()}
+        rows = [judge(label, summary, summaries[TRAINER]) for label, summary in summaries.items()]
         write("finetune", rows)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -44,10 +44,11 @@ def measured(command: list[str], cwd: Path | None = None, env: dict[str, str] | 
 
     probe = (
         "import resource, subprocess, sys, time; t = time.perf_counter(); "
-        "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode; "
+        "code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
         "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)"
     )
-    output = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, cwd=cwd, env=env, check=True).stdout.split()
+    probed = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True, cwd=cwd, env=env, check=True)
+    output = probed.stdout.split()
     if output[2] != "0":
-        raise RuntimeError(f"benchmark command failed: {' '.join(command)}")
+        raise RuntimeError(f"benchmark command failed: {' '.join(command)}\n{probed.stderr[-3000:]}")
     return float(output[0]), int(output[1])
