@@ -62,7 +62,7 @@ metric_list:
 
 def main() -> None:
     from bench.bench_finetune import WORDS, make_model
-    from jobs.models import materialize
+    from jobs.sources.resolve import materialize
 
     python = lm_eval_python()
     work = Path(tempfile.mkdtemp(prefix="foundry-bench-evaluate-"))

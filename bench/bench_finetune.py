@@ -53,7 +53,7 @@ def make_model(folder: Path) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from jobs.tiny_models import build
+    from jobs.tiny.models import build
 
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(**SHAPE, tie_word_embeddings=False)).save_pretrained(folder, safe_serialization=True)
@@ -110,9 +110,9 @@ def trainer_child(model_dir: str, data_path: str, result_path: str) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-    from jobs.batches import EncodeStats, encode_all
-    from jobs.datasets import read_dataset
-    from jobs.training import peak_rss_bytes
+    from jobs.finetuning.batches import EncodeStats, encode_all
+    from jobs.finetuning.datasets import read_dataset
+    from jobs.finetuning.training import peak_rss_bytes
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples = encode_all(tokenizer, read_dataset(data_path).chats(), MAX_LENGTH, EncodeStats())

@@ -23,7 +23,7 @@ def make_model(folder: Path, seed: int) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from jobs.tiny_models import build
+    from jobs.tiny.models import build
 
     torch.manual_seed(seed)
     LlamaForCausalLM(LlamaConfig(**SHAPE)).save_pretrained(folder, safe_serialization=True)

@@ -2,7 +2,7 @@
 
 Served: `foundry serve` in its own process, asked by a streaming client over HTTP (the
 client of `foundry bench-latency`: greedy chat completion, `ignore_eos`, every token a
-server-sent event), from request sent to [DONE]. Plain: jobs/query.py's OnnxGenerator in a
+server-sent event), from request sent to [DONE]. Plain: jobs/tools/query.py's OnnxGenerator in a
 process of its own too (so that neither side shares a process with torch or the client),
 the loop a Python program would write: template and tokenize the same chat, generate the
 same number of tokens greedily, decode. Both include the prompt's prefill.
@@ -49,7 +49,7 @@ PROMPT = "Tell me a long story about a lighthouse keeper."
 def publish_q4(model: Path, work: Path) -> Path:
     """`model` through the quantize (q4 only) and publish stages; the publish folder."""
     from foundry.stagespec import StageSpec
-    from jobs import publish, quantize
+    from jobs.stages import publish, quantize
 
     quantized, staged = work / "quantized", work / "staged"
     quantized.mkdir(parents=True)
@@ -61,7 +61,7 @@ def publish_q4(model: Path, work: Path) -> Path:
 
 
 def plain_rate(generator: Any) -> float:
-    from jobs.query import chat_ids
+    from jobs.tools.query import chat_ids
 
     started = time.perf_counter()
     ids = chat_ids(generator.tokenizer, [{"role": "user", "content": PROMPT}])
@@ -72,7 +72,7 @@ def plain_rate(generator: Any) -> float:
 
 def plain_worker(published: Path) -> None:
     """The plain side, in a child process: one timed generation per line read, its rate printed."""
-    from jobs.query import OnnxGenerator
+    from jobs.tools.query import OnnxGenerator
 
     generator = OnnxGenerator(published / MODEL_ID, "q4")
     for _ in sys.stdin:
@@ -133,7 +133,7 @@ def compare(label: str, published: Path) -> dict[str, Any]:
 
 def main() -> None:
     from bench.bench_finetune import make_model
-    from jobs.tiny_models import build
+    from jobs.tiny.models import build
 
     models: dict[str, Callable[[Path], Path]] = {
         "tiny Llama (2x64)": lambda _: build("llama-a"),

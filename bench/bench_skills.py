@@ -29,7 +29,7 @@ def main() -> None:
     from foundry.plan import plan
     from foundry.recipe.load import load_recipe
     from jobs.evaluation import evaluate_folder
-    from jobs.tiny_models import build
+    from jobs.tiny.models import build
 
     with tempfile.TemporaryDirectory(prefix="foundry-bench-skills-") as folder, _cache(Path(folder) / "cache"):
         work = Path(folder)

@@ -1,6 +1,6 @@
 """Evaluation metrics read back: what the gate, a sweep's `select` and `foundry compare` read.
 
-The evaluate stage writes `metrics.json` (jobs/evaluate.py) with a flat `metrics` mapping,
+The evaluate stage writes `metrics.json` (jobs/stages/evaluate.py) with a flat `metrics` mapping,
 `"<suite>.<metric>" -> float` (`arc_easy.acc_norm`, `arith.exact_match`), and puts the
 same mapping in its marker's result, so a reader needs no more than the marker. Light:
 stdlib only, so the submitter can read metrics without importing torch.

@@ -2,14 +2,14 @@
 
 Tests and the offline demo use only these, so nothing is ever fetched from a hub. This
 module holds their specifications as plain data, so that `foundry lint` can check vocab
-and hidden sizes of `tiny:` references without importing torch; `jobs/tiny_models.py`
+and hidden sizes of `tiny:` references without importing torch; `jobs/tiny/models.py`
 builds the weights and tokenizer from the same specification.
 
 Models of one family share one tokenizer and one shape and differ only in their seed,
 so any two of a family can be merged with every mergekit method.
 
 The `skills-` models are the merging testbed: a Llama-family base taught generic chat tasks,
-and two specialists fine-tuned from it to one skill each (`jobs/tiny_skills.py`), so that
+and two specialists fine-tuned from it to one skill each (`jobs/tiny/skills.py`), so that
 task vectors relative to a shared base exist and merging them can be measured.
 """
 
@@ -33,7 +33,7 @@ class TinySpec:
     seed: int
     config: dict[str, Any] = field(hash=False)
     parent: str | None = None  # fine-tuned from this tiny model's weights instead of trained from scratch
-    skill: str | None = None  # what jobs.tiny_skills teaches on top: "generic", "arith" or "reverse"
+    skill: str | None = None  # what jobs.tiny.skills teaches on top: "generic", "arith" or "reverse"
 
     @property
     def vocab_size(self) -> int:

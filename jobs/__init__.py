@@ -1,7 +1,10 @@
-"""The stage workloads: merge, finetune, quantize, publish (evaluate later).
+"""The workloads, run inside the stage containers or as local subprocesses of `foundry run`.
 
-Each stage module exposes `run(spec, inputs, out) -> dict`: it reads its inputs from
-local folders, writes its whole output into `out`, and returns a summary that is recorded
-in the key's `_SUCCESS.json`. `jobs/entry.py` does the fetching and committing around it,
-so a stage never touches the store itself.
+- `stages/`: merge, finetune, evaluate, quantize, publish; one module each, behind one
+  entry (`entry.py`, `foundry-stage SPEC.json`) that fetches inputs and commits outputs;
+- `driver.py`: the in-cluster driver that creates each stage Job when its inputs are committed;
+- the toolkits the stages use: `onnx/` (export, variants, chunked data, decoding),
+  `finetuning/` (datasets, batches, the training loop), `evaluation/` (suites and scoring),
+  `sources/` (model references to local folders), `tiny/` (the `tiny:` models);
+- `tools/`: what `foundry query` and `foundry bench-variants` run.
 """

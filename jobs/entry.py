@@ -22,7 +22,7 @@ from typing import Any
 from foundry.errors import USER_ERROR_EXIT_CODE, UserError
 from foundry.stagespec import StageSpec
 from foundry.store import build_record, open_store
-from jobs.models import materialize
+from jobs.sources.resolve import materialize
 
 StageFunction = Callable[[StageSpec, dict[str, Path], Path], dict[str, Any]]
 LOG = logging.getLogger("foundry.stage")
@@ -31,7 +31,7 @@ FAULT_BEFORE_COMMIT = "FOUNDRY_FAULT_BEFORE_COMMIT"
 
 
 def stage_function(name: str) -> StageFunction:
-    return importlib.import_module(f"jobs.{name}").run
+    return importlib.import_module(f"jobs.stages.{name}").run
 
 
 def run_stage(spec: StageSpec) -> dict[str, Any]:

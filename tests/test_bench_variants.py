@@ -18,9 +18,9 @@ import pytest
 from foundry.errors import UserError
 from foundry.stagespec import StageInput, StageSpec
 from foundry.variants import VARIANT_FILES
-from jobs import publish, quantize
-from jobs.bench_variants import bench, mean_kl, size_on_disk
-from jobs.tiny_models import build
+from jobs.stages import publish, quantize
+from jobs.tiny.models import build
+from jobs.tools.bench_variants import bench, mean_kl, size_on_disk
 from tests.png_check import assert_png
 
 REPO = Path(__file__).resolve().parent.parent

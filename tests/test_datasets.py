@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from foundry.errors import UserError
-from jobs.datasets import read_dataset, split_indices
+from jobs.finetuning.datasets import read_dataset, split_indices
 
 CHAT = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]
 
@@ -99,8 +99,8 @@ def test_an_s3_dataset_is_read_through_the_store_client(bucket: str, tmp_path: P
 def test_labels_cover_the_assistant_turns_only() -> None:
     from transformers import AutoTokenizer
 
-    from jobs.batches import IGNORE, EncodeStats, encode
-    from jobs.tiny_models import build
+    from jobs.finetuning.batches import IGNORE, EncodeStats, encode
+    from jobs.tiny.models import build
 
     tokenizer = AutoTokenizer.from_pretrained(build("qwen2-a"))
     chat = [{"role": "user", "content": "one"}, {"role": "assistant", "content": "two"}, {"role": "user", "content": "three"}, {"role": "assistant", "content": "four"}]
@@ -120,8 +120,8 @@ def test_packed_rows_give_each_example_its_own_logits(name: str) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from jobs.batches import EncodeStats, collate, encode, pack
-    from jobs.tiny_models import build
+    from jobs.finetuning.batches import EncodeStats, collate, encode, pack
+    from jobs.tiny.models import build
 
     folder = build(name)
     tokenizer = AutoTokenizer.from_pretrained(folder)

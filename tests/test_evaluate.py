@@ -16,7 +16,7 @@ from foundry.stagespec import StageInput, StageSpec
 from jobs.evaluation import evaluate_folder, generation, multiple_choice
 from jobs.evaluation.backends import Backend, open_backend
 from jobs.evaluation.suites import ChoiceItem, QuestionItem, arc_item, builtin_suite, hellaswag_item, load_suite
-from jobs.models import materialize
+from jobs.sources.resolve import materialize
 
 ITEMS = [
     ChoiceItem(1, "Question: What colour is the sky?\nAnswer:", ["blue", "green", "a red one"], 0),
@@ -114,7 +114,7 @@ def test_evaluate_folder_writes_the_contract_document(model_dir: Path, tmp_path:
 
 @pytest.fixture(scope="module")
 def quantized(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from jobs.quantize import run
+    from jobs.stages.quantize import run
 
     out = tmp_path_factory.mktemp("quantized")
     spec = StageSpec(stage="quantize", recipe="t", key="quantize-0", store="unused", inputs={"model": StageInput(model="tiny:llama-a")}, params={"variants": ["fp32", "q8"], "prompts": ["Hi"]})

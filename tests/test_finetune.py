@@ -57,7 +57,7 @@ def store_of(work: Path) -> Path:
 
 
 def exact_match(folder: Path, rows: list[list[dict[str, str]]]) -> float:
-    from jobs.query import open_generator
+    from jobs.tools.query import open_generator
 
     generator = open_generator(folder)
     return sum(generator.generate(chat[0]["content"], max_new_tokens=16).text == chat[1]["content"] for chat in rows) / len(rows)
@@ -182,8 +182,8 @@ def stage_spec(tmp_path: Path, model: str, dataset: Path, **overrides: object): 
 
 
 def test_a_target_module_the_model_lacks_is_named_with_the_ones_it_has(tmp_path: Path) -> None:
-    from jobs import finetune
-    from jobs.tiny_models import build
+    from jobs.stages import finetune
+    from jobs.tiny.models import build
 
     spec = stage_spec(tmp_path, "tiny:gpt2-a", REPO / "recipes" / "data" / "colours.jsonl", target_modules=["c_attn", "q_proj"])
     out = tmp_path / "out"
@@ -193,7 +193,7 @@ def test_a_target_module_the_model_lacks_is_named_with_the_ones_it_has(tmp_path:
 
 
 def test_an_empty_dataset_is_refused_before_anything_loads(tmp_path: Path) -> None:
-    from jobs import finetune
+    from jobs.stages import finetune
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -202,7 +202,7 @@ def test_an_empty_dataset_is_refused_before_anything_loads(tmp_path: Path) -> No
 
 
 def test_a_bad_row_is_refused_with_file_and_line_before_the_model_loads(tmp_path: Path) -> None:
-    from jobs import finetune
+    from jobs.stages import finetune
 
     data = tmp_path / "qa.jsonl"
     data.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": ["b"]}\n')

@@ -140,7 +140,7 @@ def test_plan_shows_the_gate_and_publish_refuses_a_gated_evaluation(runs, tmp_pa
     work, _, _ = runs
     shown = foundry("plan", "fail.yml", cwd=work)
     assert shown.returncode == 0 and "gated: gate failed in evaluate-" in shown.stdout
-    from jobs.publish import _evaluation_metrics
+    from jobs.stages.publish import _evaluation_metrics
 
     evaluate = next((work / ".foundry" / "store" / "gated").glob("evaluate-*"))
     with pytest.raises(UserError, match="publish: the evaluation missed its gate \\(mc.acc_norm = .*, needs >= 0.9\\)"):

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from foundry.errors import UserError
 from foundry.stagespec import StageSpec
 from jobs.entry import run_stage
-from jobs.merge import MERGE_SEED
-from jobs.tiny_models import build
+from jobs.stages.merge import MERGE_SEED
+from jobs.tiny.models import build
 
 MERGEKIT_YAML = Path(sys.executable).parent / "mergekit-yaml"
 

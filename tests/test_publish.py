@@ -14,8 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from foundry import catalog, manifest
 from foundry.errors import UserError
 from foundry.stagespec import StageInput, StageSpec
-from jobs import publish
-from jobs.external_data import (
+from jobs.onnx.external_data import (
     ALIGNMENT,
     MIB,
     all_tensors,
@@ -26,6 +25,7 @@ from jobs.external_data import (
     rechunk,
     uses_external_data,
 )
+from jobs.stages import publish
 
 SHARD_MB = 0.25
 SHARD = int(SHARD_MB * MIB)                        # 262144 bytes

@@ -18,7 +18,7 @@ from foundry.errors import UserError
 from foundry.s3 import catalog as s3catalog
 from foundry.s3 import client as s3client
 from foundry.s3.publish import IMMUTABLE, S3Target
-from jobs import publish
+from jobs.stages import publish
 from tests.s3_proxy import FaultyProxy
 from tests.test_publish import make_spec
 from tests.test_publish import quantized as _quantized_model  # noqa: F401 - test_publish's fixture, under this name

@@ -24,9 +24,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from foundry.errors import UserError
 from foundry.stagespec import StageSpec
 from foundry.variants import VARIANT_FILES
-from jobs import onnx_quantize
-from jobs.quantize import REFERENCE, decoder_session, empty_past, run, supported_levels
-from jobs.tiny_models import build
+from jobs.onnx import quantize as onnx_quantize
+from jobs.stages.quantize import REFERENCE, decoder_session, empty_past, run, supported_levels
+from jobs.tiny.models import build
 
 # Top-1 agreement with PyTorch fp32 over the default prompts (181 positions for llama-a).
 # Measured with torch 2.13.0, optimum-onnx 0.1.0, onnxruntime 1.31.1: fp16 1.000, q8 0.994,
@@ -190,7 +190,7 @@ def test_gpt2_exports_and_two_runs_are_byte_identical(tmp_path: Path) -> None:
     second = tmp_path / "second"
     script = (
         "import sys, json; from pathlib import Path; from foundry.stagespec import StageSpec; "
-        "from jobs.quantize import run; from jobs.tiny_models import build; "
+        "from jobs.stages.quantize import run; from jobs.tiny.models import build; "
         "spec = StageSpec.model_validate_json(sys.argv[1]); run(spec, {'model': build('gpt2-a')}, Path(sys.argv[2]))"
     )
     env = {**os.environ, "PYTHONHASHSEED": "12345"}

@@ -18,7 +18,7 @@ HELLO = "Hello! How can I help you today?"  # what the tiny models learned to an
 
 @pytest.fixture(scope="module")
 def tiny() -> Path:
-    from jobs.tiny_models import build
+    from jobs.tiny.models import build
 
     return build("llama-a")
 
@@ -26,7 +26,7 @@ def tiny() -> Path:
 @pytest.fixture(scope="module")
 def variants(tiny: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny:llama-a through the quantize stage: fp32 and q4 ONNX graphs with the tokenizer."""
-    from jobs import quantize
+    from jobs.stages import quantize
 
     out = tmp_path_factory.mktemp("variants")
     spec = StageSpec(stage="quantize", recipe="q", key="quantize-000000000000", store=str(out.parent / "store"), params={"variants": ["fp32", "q4"]})
@@ -47,7 +47,7 @@ def _one_thread():  # type: ignore[no-untyped-def]
 def test_pytorch_answers_through_the_chat_template(tiny: Path) -> None:
     from transformers import AutoTokenizer
 
-    from jobs.query import open_generator, prompt_ids
+    from jobs.tools.query import open_generator, prompt_ids
 
     answer = open_generator(tiny).generate("Hello!", max_new_tokens=20)
     assert answer.text == HELLO and answer.new_tokens > 0
@@ -58,7 +58,7 @@ def test_pytorch_answers_through_the_chat_template(tiny: Path) -> None:
 
 
 def test_onnx_variants_answer_as_pytorch_does(tiny: Path, variants: Path) -> None:
-    from jobs.query import open_generator
+    from jobs.tools.query import open_generator
 
     torch_model = open_generator(tiny)
     fp32 = open_generator(variants, variant="fp32")

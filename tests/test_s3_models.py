@@ -7,8 +7,8 @@ import pytest
 
 from foundry.errors import UserError
 from foundry.s3 import client as s3client
-from jobs.models import materialize
-from jobs.tiny_models import build
+from jobs.sources.resolve import materialize
+from jobs.tiny.models import build
 
 
 def upload_folder(bucket: str, prefix: str, folder: Path) -> list[str]:

@@ -28,8 +28,8 @@ PROMPTS = ("Hello!", "What is 12+7?", "Reverse the word garden.")
 def published(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """tiny:llama-a quantized to q4 and published in small chunks into a folder named `models`
     (so its catalogue entry's base URL is /models/<id>/, as on ORION's web root)."""
-    from jobs import publish, quantize
-    from jobs.tiny_models import build
+    from jobs.stages import publish, quantize
+    from jobs.tiny.models import build
 
     work = tmp_path_factory.mktemp("serve")
     quantized, staged = work / "quantized", work / "staged"
@@ -58,14 +58,14 @@ def client(server: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def reference(published: Path) -> Any:
-    """Plain ONNX Runtime on the same variant: jobs/query.py's generator, as `foundry query` runs it."""
-    from jobs.query import OnnxGenerator
+    """Plain ONNX Runtime on the same variant: jobs/tools/query.py's generator, as `foundry query` runs it."""
+    from jobs.tools.query import OnnxGenerator
 
     return OnnxGenerator(published / MODEL_ID, "q4")
 
 
 def expected(reference: Any, messages: list[dict[str, str]] | None = None, prompt: str | None = None, max_tokens: int = 40) -> str:
-    from jobs.query import chat_ids, prompt_ids
+    from jobs.tools.query import chat_ids, prompt_ids
 
     ids = chat_ids(reference.tokenizer, messages) if messages is not None else prompt_ids(reference.tokenizer, prompt or "", system=None, raw=True)
     return reference.tokenizer.decode(list(reference.token_ids(ids, max_tokens)), skip_special_tokens=True)

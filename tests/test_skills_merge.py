@@ -24,7 +24,7 @@ from foundry.plan import plan
 from foundry.recipe.load import load_recipe
 from foundry.tiny_catalog import BUILD_VERSION
 from jobs.evaluation import evaluate_folder
-from jobs.tiny_models import build
+from jobs.tiny.models import build
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = [{"jsonl": str(REPO / "recipes" / "data" / "arith.jsonl")}, {"jsonl": str(REPO / "recipes" / "data" / "reverse.jsonl")}]

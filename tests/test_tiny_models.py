@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from foundry.errors import UserError
 from foundry.tiny_catalog import BUILD_VERSION, CATALOG
-from jobs import tiny_models
-from jobs.models import PICKLE_SUFFIXES
-from jobs.tiny_models import build
+from jobs.sources.resolve import PICKLE_SUFFIXES
+from jobs.tiny import models as tiny_models
+from jobs.tiny.models import build
 
 FIRST_OF_EACH_FAMILY = ["llama-a", "qwen2-a", "gpt2-a"]
 CORPUS_LIKE = [

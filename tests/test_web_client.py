@@ -1,7 +1,7 @@
 """What Foundry publishes, in its real client: transformers.js loads every variant of the tiny
 demo from a loopback server, in Node (onnxruntime-node) and in headless Chromium
 (onnxruntime-web on WebAssembly, served locally), and answers token for token what ONNX
-Runtime in Python answers (jobs/query.py's OnnxGenerator); and the catalogue page lists the
+Runtime in Python answers (jobs/tools/query.py's OnnxGenerator); and the catalogue page lists the
 demo, loads a variant with a progress bar per file, and chats with it.
 
 Needs what `make test` installs: node_modules (`npm ci --ignore-scripts`) and Debian's
@@ -105,7 +105,7 @@ def server(site: Path, node: str):
 @pytest.fixture(scope="module")
 def reference(site: Path) -> dict[str, dict]:
     """Per variant: the prompt's ids and the greedy tokens ONNX Runtime in Python generates."""
-    from jobs.query import OnnxGenerator, prompt_ids
+    from jobs.tools.query import OnnxGenerator, prompt_ids
 
     folder = site / "models" / MODEL_ID
     answers = {}

@@ -14,7 +14,7 @@ import pytest
 from foundry.s3 import client as s3client
 from foundry.s3.publish import PAGE_CACHE
 from foundry.web import assets, page
-from jobs import publish
+from jobs.stages import publish
 from tests.test_publish import make_spec
 from tests.test_publish import quantized as _quantized_model  # noqa: F401 - test_publish's fixture, under this name
 

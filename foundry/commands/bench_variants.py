@@ -1,5 +1,5 @@
 """`foundry bench-variants TARGET`: the table on the terminal, and bench-variants.json, .md
-and .png in --out. The measuring (ONNX Runtime) is in jobs/bench_variants.py, imported here
+and .png in --out. The measuring (ONNX Runtime) is in jobs/tools/bench_variants.py, imported here
 only when the command runs."""
 
 from pathlib import Path
@@ -12,7 +12,7 @@ from foundry.reports import print_table, write_json, write_text
 
 def bench_variants_command(target: str, suites: list[str], limit: int | None, tokens: int, out: Path, store_flag: str | None) -> None:
     from foundry.commands.query import resolve_model
-    from jobs import bench_variants
+    from jobs.tools import bench_variants
 
     folder = resolve_model(target, store_flag, trust_remote_code=False)
     report = bench_variants.bench(folder, suites=suites or None, limit=limit, tokens=tokens)

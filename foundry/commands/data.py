@@ -14,7 +14,7 @@ from foundry.errors import UserError
 
 
 def check_dataset(location: str) -> None:
-    from jobs.datasets import read_dataset
+    from jobs.finetuning.datasets import read_dataset
 
     dataset = read_dataset(location)
     chats = dataset.chats()
@@ -23,7 +23,7 @@ def check_dataset(location: str) -> None:
 
 
 def split_dataset(location: str, validation: float, test: float, seed: int, out: Path | None) -> None:
-    from jobs.datasets import read_dataset, split_indices
+    from jobs.finetuning.datasets import read_dataset, split_indices
 
     for name, share in (("--validation", validation), ("--test", test)):
         if not 0 <= share < 1:

@@ -18,7 +18,7 @@ _STAGE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/(merge|finetune|evaluate|q
 
 
 def query_model(model: str, prompt: str, *, variant: str | None, system: str | None, max_new_tokens: int, raw: bool, store_flag: str | None, trust_remote_code: bool) -> None:
-    from jobs.query import open_generator
+    from jobs.tools.query import open_generator
 
     folder = resolve_model(model, store_flag, trust_remote_code)
     answer = open_generator(folder, variant=variant, trust_remote_code=trust_remote_code).generate(prompt, max_new_tokens=max_new_tokens, system=system, raw=raw)
@@ -40,7 +40,7 @@ def resolve_model(model: str, store_flag: str | None, trust_remote_code: bool) -
     from foundry import modelref
 
     if modelref.parse(model).kind in ("tiny", "hub"):
-        from jobs.models import materialize
+        from jobs.sources.resolve import materialize
 
         return materialize(model, trust_remote_code=trust_remote_code)
     raise UserError(f"{model}: no such folder; give a model folder, RECIPE/KEY from the store, a published variant folder, tiny:NAME or a hub id")

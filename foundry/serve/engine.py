@@ -1,6 +1,6 @@
 """Generation behind the API: a model's requests take turns, and each streams its text.
 
-A request runs jobs/query.py's OnnxGenerator, the generator `foundry query` uses, so the
+A request runs jobs/tools/query.py's OnnxGenerator, the generator `foundry query` uses, so the
 server answers what the command line and a browser answer. Requests to one model take turns
 in arrival order (a ticket lock): ONNX Runtime already spreads one request over every core,
 so running two at once would only make both slower, and a burst of requests queues instead
@@ -47,7 +47,7 @@ class Model:
     """One served model: its tokenizer and ONNX Runtime session, and the turns of its requests."""
 
     def __init__(self, served: ServedModel) -> None:
-        from jobs.query import OnnxGenerator
+        from jobs.tools.query import OnnxGenerator
 
         self.served = served
         self.generator = OnnxGenerator(served.folder, served.variant)
@@ -61,7 +61,7 @@ class Model:
         """The request's prompt as token ids: a chat through the model's template, a completion's text as is."""
         from jinja2.exceptions import TemplateError
 
-        from jobs.query import chat_ids, prompt_ids
+        from jobs.tools.query import chat_ids, prompt_ids
 
         if request.messages is None:
             return prompt_ids(self.tokenizer, request.prompt or "", system=None, raw=True)
@@ -74,7 +74,7 @@ class Model:
 
     def generate(self, request: GenerationRequest, ids: list[int]) -> "TextStream":
         """The request's answer, checked against the context; it runs as it is read."""
-        from jobs.query import sampler
+        from jobs.tools.query import sampler
 
         room = self.context - len(ids)
         max_tokens = request.max_tokens if request.max_tokens is not None else room

@@ -1,6 +1,6 @@
 """What a suite is scored on: a PyTorch model folder, or an ONNX variant as browsers run it.
 
-Both wrap the generator `foundry query` uses (jobs/query.py), so a model is loaded once for
+Both wrap the generator `foundry query` uses (jobs/tools/query.py), so a model is loaded once for
 a recipe's multiple-choice and generation suites alike, and add `loglikelihoods`: for a
 batch of (context, continuations) groups, the summed log-probability of each continuation
 after its context. The context runs once and its key/value cache is copied to each of its
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from jobs.query import Generator, OnnxGenerator, TorchGenerator, open_generator
+from jobs.tools.query import Generator, OnnxGenerator, TorchGenerator, open_generator
 
 # lm-evaluation-harness's fallbacks when neither the config nor the tokenizer bounds the context.
 _DEFAULT_MAX_LENGTH = 2048
@@ -181,7 +181,7 @@ class OnnxScorer:
     def loglikelihoods(self, groups: list[tuple[list[int], list[list[int]]]]) -> list[list[float]]:
         import numpy as np
 
-        from jobs.onnx_decoder import decoder_feeds, empty_past, next_past
+        from jobs.onnx.decoder import decoder_feeds, empty_past, next_past
 
         batch = SharedPrefix.of(groups)
         run = dict(zip(self.outputs, self.session.run(self.outputs, decoder_feeds(self.session, batch.context_ids, batch.context_mask, empty_past(self.session, len(groups)))), strict=True))

@@ -14,7 +14,7 @@ decoding is greedy, as `foundry query` answers, so a suite measures what a user 
 from typing import Any
 
 from jobs.evaluation.suites import QuestionItem
-from jobs.query import Answer, Generator, TorchGenerator
+from jobs.tools.query import Answer, Generator, TorchGenerator
 
 
 def score(generator: Generator, items: list[QuestionItem], *, max_new_tokens: int, batch_size: int = 1) -> tuple[dict[str, float], list[dict[str, Any]]]:

@@ -20,8 +20,8 @@ from typing import Any, Literal
 from foundry.errors import UserError
 from foundry.hashing import sha256_file
 from foundry.metrics import BUILTIN_SUITES, suite_name
-from jobs.datasets import Row, fetch, read_rows
-from jobs.datasets import _type as type_name
+from jobs.finetuning.datasets import Row, fetch, read_rows
+from jobs.finetuning.datasets import _type as type_name
 
 Kind = Literal["multiple_choice", "generation"]
 

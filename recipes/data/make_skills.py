@@ -3,7 +3,7 @@
 Each file holds 100 distinct questions of one skill that `tiny:skills-arith` and
 `tiny:skills-reverse` learn ("47+8=" -> "55", "reverse: bcdqx" -> "xqdcb"), drawn with the
 same generators as their training data but only from the fifth of all prompts that training
-never sees (`jobs.tiny_skills.held_out`), so a suite measures the skill, not recall.
+never sees (`jobs.tiny.skills.held_out`), so a suite measures the skill, not recall.
 Deterministic: the same files every time.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere, like make_colours.py
 
-from jobs.tiny_skills import SKILLS, held_out  # noqa: E402 - needs the path above
+from jobs.tiny.skills import SKILLS, held_out  # noqa: E402 - needs the path above
 
 QUESTIONS = 100
 

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from jobs.batches import IGNORE, Example, collate, sorted_batches
+from jobs.finetuning.batches import IGNORE, Example, collate, sorted_batches
 
 LOG = logging.getLogger("foundry.finetune")
 # Kill the process right after writing the checkpoint of this step (or a later one): a

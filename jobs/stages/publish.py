@@ -50,7 +50,7 @@ from foundry.hashing import sha256_file
 from foundry.stagespec import StageSpec
 from foundry.variants import ONNX_FOLDER, TRANSFORMERS_JS_DTYPE, VARIANT_FILES
 from foundry.web import page
-from jobs.external_data import MIB, ChunkedModel, TooManyChunks, check_chunks, kv_cache_float16, rechunk
+from jobs.onnx.external_data import MIB, ChunkedModel, TooManyChunks, check_chunks, kv_cache_float16, rechunk
 
 if TYPE_CHECKING:
     from foundry.s3.publish import S3Target

@@ -36,7 +36,7 @@ from transformers import (
 
 from foundry.errors import UserError
 from foundry.tiny_catalog import BUILD_VERSION, CATALOG, PREFIX, TinySpec
-from jobs.tiny_skills import teach
+from jobs.tiny.skills import teach
 
 Chat = list[dict[str, str]]
 

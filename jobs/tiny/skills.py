@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
-from jobs.query import prompt_ids
+from jobs.tools.query import prompt_ids
 
 Example = tuple[str, str]  # (prompt, answer)
 

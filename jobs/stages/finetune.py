@@ -38,7 +38,7 @@ from typing import Any
 
 from foundry.errors import UserError
 from foundry.stagespec import StageSpec
-from jobs.datasets import Chat, read_dataset, split_indices
+from jobs.finetuning.datasets import Chat, read_dataset, split_indices
 
 LOG = logging.getLogger("foundry.finetune")
 REPORT_FILE = "finetune.json"
@@ -68,8 +68,8 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
 
     import torch
 
-    from jobs import batches as B
-    from jobs import training
+    from jobs.finetuning import batches as B
+    from jobs.finetuning import training
 
     device = _device(bool(params.get("force_cpu")))
     torch.manual_seed(int(params.get("seed", 0)))
@@ -184,7 +184,7 @@ def _load_for_training(model_dir: Path, device: Any, qlora: bool, params: dict[s
     import torch
     from transformers import AutoModelForCausalLM
 
-    from jobs.onnx_export import quiet_loaders
+    from jobs.onnx.export import quiet_loaders
 
     options: dict[str, Any] = {"trust_remote_code": bool(params.get("trust_remote_code"))}
     if device.type == "cuda":
@@ -301,7 +301,7 @@ def _merge(model_dir: Path, out: Path, tokenizer: Any, params: dict[str, Any]) -
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from jobs.onnx_export import quiet_loaders
+    from jobs.onnx.export import quiet_loaders
 
     config = json.loads((model_dir / "config.json").read_text())
     dtype = getattr(torch, str(config.get("torch_dtype") or config.get("dtype") or "float32"), torch.float32)

@@ -32,7 +32,7 @@ from typing import Any
 from foundry.errors import UserError
 from foundry.stagespec import StageSpec
 from foundry.variants import ONNX_FOLDER, VARIANT_FILES
-from jobs.onnx_decoder import decoder_feeds, decoder_session, empty_past
+from jobs.onnx.decoder import decoder_feeds, decoder_session, empty_past
 
 LOG = logging.getLogger("foundry.quantize")
 
@@ -71,7 +71,8 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
 
     import onnx
 
-    from jobs import onnx_export, onnx_quantize
+    from jobs.onnx import export as onnx_export
+    from jobs.onnx import quantize as onnx_quantize
 
     _check_model_folder(model_dir, allow_pickle=allow_pickle)
     if "q2" in variants and not onnx_quantize.q2_supported():
@@ -136,7 +137,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
 
 
 def supported_levels() -> list[str]:
-    from jobs.onnx_quantize import q2_supported
+    from jobs.onnx.quantize import q2_supported
 
     return [v for v in VARIANT_FILES if v != "q2" or q2_supported()]
 
@@ -164,8 +165,8 @@ def _params(params: dict[str, Any]) -> tuple[list[str], list[str], bool, bool]:
 
 
 def _check_model_folder(model_dir: Path, *, allow_pickle: bool) -> None:
-    from jobs.models import check_weight_format
-    from jobs.onnx_export import read_config
+    from jobs.onnx.export import read_config
+    from jobs.sources.resolve import check_weight_format
 
     if not model_dir.is_dir():
         raise UserError(f"model folder {model_dir}: no such folder")
@@ -203,7 +204,7 @@ def _copy_metadata(model_dir: Path, out: Path, *, trust_remote_code: bool) -> li
 
 
 def _convert(variant: str, fp32_path: Path) -> Any:
-    from jobs import onnx_quantize
+    from jobs.onnx import quantize as onnx_quantize
 
     if variant == "fp16":
         return onnx_quantize.to_fp16(fp32_path)
@@ -213,7 +214,7 @@ def _convert(variant: str, fp32_path: Path) -> Any:
 
 
 def _copy_pair(source: Path, target: Path) -> None:
-    from jobs.onnx_quantize import data_file_name
+    from jobs.onnx.quantize import data_file_name
 
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(source, target)
@@ -221,7 +222,7 @@ def _copy_pair(source: Path, target: Path) -> None:
 
 
 def _describe(path: Path, io: dict[str, Any]) -> dict[str, Any]:
-    from jobs.onnx_quantize import data_file_name
+    from jobs.onnx.quantize import data_file_name
 
     data = path.with_name(data_file_name(path.name))
     return {
@@ -248,7 +249,7 @@ def _pytorch_logits(model_dir: Path, token_ids: list[list[int]], *, trust_remote
     import torch
     from transformers import AutoModelForCausalLM
 
-    from jobs.onnx_export import quiet_loaders
+    from jobs.onnx.export import quiet_loaders
 
     with quiet_loaders():
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)

@@ -18,7 +18,7 @@ _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", 
 def materialize(reference: str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Path:
     ref = parse(reference)
     if ref.kind == "tiny":
-        from jobs.tiny_models import build
+        from jobs.tiny.models import build
 
         return build(ref.path.removeprefix("tiny:"))
     if ref.kind == "local":
@@ -28,7 +28,7 @@ def materialize(reference: str, *, allow_pickle: bool = False, trust_remote_code
     elif ref.kind == "hub":
         folder = _download(ref, allow_pickle)
     else:
-        from jobs.s3_models import download_model
+        from jobs.sources.s3 import download_model
 
         folder = download_model(reference, pickle_suffixes=PICKLE_SUFFIXES, allow_pickle=allow_pickle)
     check_weight_format(folder, reference, allow_pickle=allow_pickle)

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from foundry.errors import UserError
-from jobs.datasets import Chat
+from jobs.finetuning.datasets import Chat
 
 IGNORE = -100
 

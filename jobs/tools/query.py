@@ -92,7 +92,7 @@ class TorchGenerator:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from jobs.onnx_export import quiet_loaders
+        from jobs.onnx.export import quiet_loaders
 
         self.tokenizer = _tokenizer(folder, trust_remote_code)
         with quiet_loaders():
@@ -135,7 +135,7 @@ class TorchGenerator:
 
 class OnnxGenerator:
     def __init__(self, folder: Path, variant: str) -> None:
-        from jobs.onnx_decoder import decoder_session
+        from jobs.onnx.decoder import decoder_session
 
         if variant not in VARIANT_FILES:
             raise UserError(f"--variant {variant}: unknown; expected one of {', '.join(VARIANT_FILES)}")
@@ -165,7 +165,7 @@ class OnnxGenerator:
         see `sampler`); `stops` replaces the model's stop tokens (empty: run to the limit)."""
         import numpy as np
 
-        from jobs.onnx_decoder import decoder_feeds, empty_past, next_past
+        from jobs.onnx.decoder import decoder_feeds, empty_past, next_past
 
         past = empty_past(self.session)
         fed, length = ids, 0

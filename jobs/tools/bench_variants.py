@@ -3,7 +3,7 @@
 For every variant in a published folder or a quantize key (fp32, fp16, q8, q4, q2, those
 present): its size on disk (graph plus every external-data chunk, what a browser downloads),
 ONNX Runtime's session creation time, greedy decoding speed with the same generator as
-`foundry query` (jobs/query.py), and its quality against the reference (fp32, else the most
+`foundry query` (jobs/tools/query.py), and its quality against the reference (fp32, else the most
 precise variant present):
 
 - with suites: the evaluation suites' metrics (jobs/evaluation.py), as deltas from the reference;
@@ -36,7 +36,7 @@ def variants_present(folder: Path) -> list[str]:
 def size_on_disk(folder: Path, variant: str) -> int:
     """The graph file and its external data: `<file>_data` (quantize) or `<file>_data`,
     `<file>_data_1`, ... (publish's chunks)."""
-    from jobs.external_data import chunk_name
+    from jobs.onnx.external_data import chunk_name
 
     name = VARIANT_FILES[variant]
     files = [folder / ONNX_FOLDER / name]
@@ -48,7 +48,7 @@ def size_on_disk(folder: Path, variant: str) -> int:
 def bench(folder: Path, *, suites: list[str] | None = None, limit: int | None = None, tokens: int = 32) -> dict[str, Any]:
     import onnxruntime
 
-    from jobs.quantize import DEFAULT_PROMPTS, tokenize_prompts
+    from jobs.stages.quantize import DEFAULT_PROMPTS, tokenize_prompts
 
     present = variants_present(folder)
     if not present:
@@ -85,8 +85,8 @@ def bench(folder: Path, *, suites: list[str] | None = None, limit: int | None = 
 
 
 def _measure(folder: Path, variant: str, *, token_ids: list[list[int]] | None, suites: list[str] | None, limit: int | None, tokens: int) -> tuple[dict[str, Any], Any]:
-    from jobs.quantize import DEFAULT_PROMPTS, onnx_logits
-    from jobs.query import OnnxGenerator, prompt_ids
+    from jobs.stages.quantize import DEFAULT_PROMPTS, onnx_logits
+    from jobs.tools.query import OnnxGenerator, prompt_ids
 
     generator = OnnxGenerator(folder, variant)
     prompts = [prompt_ids(generator.tokenizer, prompt, system=None, raw=True) for prompt in DEFAULT_PROMPTS[:SPEED_PROMPTS]]
@@ -114,7 +114,7 @@ def _measure(folder: Path, variant: str, *, token_ids: list[list[int]] | None, s
 def _quality_delta(reference: Any, quality: Any, *, suites: bool) -> dict[str, Any]:
     if suites:
         return {"metrics": quality, "deltas": {name: round(value - reference[name], 6) for name, value in quality.items() if name in reference}}
-    from jobs.quantize import agreement
+    from jobs.stages.quantize import agreement
 
     return {**agreement(reference, quality), "mean_kl": float(f"{mean_kl(reference, quality):.6g}")}
 

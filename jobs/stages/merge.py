@@ -15,7 +15,7 @@ import yaml
 
 from foundry.errors import UserError
 from foundry.stagespec import StageSpec
-from jobs.models import materialize
+from jobs.sources.resolve import materialize
 
 LOG = logging.getLogger("foundry.merge")
 MERGE_SEED = 0

@@ -1,0 +1,1 @@
+"""`tiny:` models: small, deterministic, built locally, for tests and the offline quick start."""

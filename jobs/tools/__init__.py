@@ -1,0 +1,1 @@
+"""Workloads behind CLI commands that are not stages: `foundry query` and `foundry bench-variants`."""
