@@ -1,0 +1,315 @@
+"""Derive fp16, q8, q4, q4f16 and q2 from the fp32 graph, one tensor at a time.
+
+The fp32 export is read as a graph (a few hundred kilobytes) plus memory-mapped external
+data; every variant is written by walking its initializers in order and computing each
+one's bytes from the source tensors it depends on, then dropping them. No step holds a
+model's worth of weights: the peak is the largest tensor and what it quantizes into, which
+is what lets a 7B model through on a 64 GiB node.
+
+What each variant does to the graph (settings in `VariantSettings`, recorded in
+quantize.json and models.json):
+
+- weights: every MatMul whose B is a constant 2-D matrix becomes `MatMulNBits` (blockwise,
+  symmetric, ORT's own packing routines: the same bytes `MatMulNBitsQuantizer` writes), the
+  lm_head included; embedding tables read only by Gathers are stored as int8 with one
+  scale per row and dequantized after the Gather (plain ONNX ops every runtime has).
+  A model with tied embeddings keeps the two tables apart: the export already wrote the
+  lm_head as its own transposed matrix, and quantizing each for its own use measured
+  better agreement than one shared 4-bit table (bench_scale reports both).
+- float16: every float tensor, value and input/output becomes float16: the KV cache and
+  logits included, as transformers.js and onnxruntime-genai expect of fp16 and q4f16
+  models (transformers.js sizes its empty cache from the graph's own input types).
+  Norms and attention run in ORT's kernels, which accumulate in float32 internally.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from jobs.onnx.external_data import ALIGN_THRESHOLD, ALIGNMENT, external_info, uses_external_data
+
+MS_DOMAIN = "com.microsoft"
+
+
+@dataclass(frozen=True)
+class VariantSettings:
+    """How one variant is made from fp32; the record that goes into quantize.json."""
+
+    weight_bits: int | None          # None: float weights (fp32, fp16)
+    float_type: str = "float32"      # activations, KV cache and unquantized weights
+    block_size: int = 32             # MatMulNBits block along K
+    symmetric: bool = True
+    embeddings: str = "float"        # "float" or "int8-per-row"
+    unquantized: tuple[str, ...] = ("norms", "biases", "rotary caches")
+
+    def record(self) -> dict[str, object]:
+        record = asdict(self)
+        record["unquantized"] = list(self.unquantized)
+        if self.weight_bits is None:
+            for key in ("block_size", "symmetric"):
+                record.pop(key)
+        return record
+
+
+VARIANTS: dict[str, VariantSettings] = {
+    "fp32": VariantSettings(weight_bits=None),
+    "fp16": VariantSettings(weight_bits=None, float_type="float16"),
+    "q8": VariantSettings(weight_bits=8, embeddings="int8-per-row"),
+    "q4": VariantSettings(weight_bits=4, embeddings="int8-per-row"),
+    "q4f16": VariantSettings(weight_bits=4, float_type="float16", embeddings="int8-per-row"),
+    "q2": VariantSettings(weight_bits=2, embeddings="int8-per-row"),
+}
+
+Producer = Callable[[], np.ndarray]
+
+
+class SourceTensors:
+    """The fp32 model's initializers, each read on demand from its memory-mapped file."""
+
+    def __init__(self, model_path: Path, graph: onnx.GraphProto) -> None:
+        self.folder = model_path.parent
+        self.tensors = {tensor.name: tensor for tensor in graph.initializer}
+
+    def read(self, name: str) -> np.ndarray:
+        tensor = self.tensors[name]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+        shape = tuple(tensor.dims)
+        if not uses_external_data(tensor):
+            return numpy_helper.to_array(tensor)
+        info = external_info(tensor)
+        count = int(np.prod(shape)) if shape else 1
+        if count == 0:
+            return np.zeros(shape, dtype=dtype)
+        data = np.memmap(self.folder / info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0) or 0), shape=(count,))
+        return data.reshape(shape)
+
+
+@dataclass
+class _Planned:
+    tensor: TensorProto       # the new initializer, without data
+    produce: Producer
+
+
+class VariantWriter:
+    """The graph being rewritten and, for each initializer, how to compute its bytes."""
+
+    def __init__(self, source_path: Path) -> None:
+        self.model = onnx.load(str(source_path), load_external_data=False)
+        self.graph = self.model.graph
+        self.source = SourceTensors(source_path, self.graph)
+        self.planned: dict[str, _Planned] = {}
+        for tensor in self.graph.initializer:
+            self.planned[tensor.name] = _Planned(_header(tensor), lambda name=tensor.name: self.source.read(name))
+
+    # --- edits -----------------------------------------------------------------------------
+    def replace(self, name: str, data_type: int, dims: list[int], produce: Producer) -> None:
+        """Give initializer `name` a new type and shape, its bytes computed by `produce`."""
+        header = TensorProto(name=name, data_type=data_type, dims=dims)
+        self.planned[name] = _Planned(header, produce)
+
+    def add(self, name: str, data_type: int, dims: list[int], produce: Producer) -> str:
+        if name in self.planned:
+            raise ValueError(f"initializer {name} exists already")
+        self.replace(name, data_type, dims, produce)
+        return name
+
+    def drop_unused(self) -> None:
+        used = {name for node in self.graph.node for name in node.input} | {output.name for output in self.graph.output}
+        for name in [name for name in self.planned if name not in used]:
+            del self.planned[name]
+
+    # --- writing ---------------------------------------------------------------------------
+    def write(self, target: Path, data_name: str) -> int:
+        """Write `target` and its one external data file; return their total size."""
+        self.drop_unused()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        data_path = target.with_name(data_name)
+        del self.graph.initializer[:]
+        with open(data_path, "wb") as data:
+            for planned in self.planned.values():
+                array = np.ascontiguousarray(planned.produce())
+                expected = onnx.helper.tensor_dtype_to_np_dtype(planned.tensor.data_type)
+                if array.dtype != expected or list(array.shape) != list(planned.tensor.dims):
+                    raise AssertionError(f"{planned.tensor.name}: produced {array.dtype}{list(array.shape)}, planned {expected}{list(planned.tensor.dims)}")
+                offset = data.tell()
+                if array.nbytes > ALIGN_THRESHOLD and offset % ALIGNMENT:
+                    data.write(b"\0" * (ALIGNMENT - offset % ALIGNMENT))
+                    offset = data.tell()
+                array.tofile(data)
+                tensor = self.graph.initializer.add()
+                tensor.CopyFrom(planned.tensor)
+                tensor.data_location = TensorProto.EXTERNAL
+                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
+                    entry = tensor.external_data.add()
+                    entry.key, entry.value = key, value
+                del array
+        temporary = target.with_name(f".{target.name}.tmp")
+        temporary.write_bytes(self.model.SerializeToString())
+        os.replace(temporary, target)
+        return target.stat().st_size + data_path.stat().st_size
+
+
+def _header(tensor: TensorProto) -> TensorProto:
+    return TensorProto(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
+
+
+# --- the transformations ---------------------------------------------------------------------
+
+def quantize_matmuls(writer: VariantWriter, bits: int, block_size: int, float_type: int) -> int:
+    """MatMul(A, constant B[K, N]) -> MatMulNBits; returns how many were converted."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_2bits, quantize_matmul_4bits, quantize_matmul_8bits
+
+    quantize = {2: quantize_matmul_2bits, 4: quantize_matmul_4bits, 8: quantize_matmul_8bits}[bits]
+    readers = _readers(writer.graph)
+    converted = 0
+    for node in writer.graph.node:
+        if node.op_type != "MatMul" or node.domain not in ("", "ai.onnx") or node.input[1] not in writer.source.tensors:
+            continue
+        weight = writer.source.tensors[node.input[1]]
+        if len(weight.dims) != 2 or weight.data_type != TensorProto.FLOAT or len(readers[weight.name]) != 1:
+            continue
+        k, n = (int(d) for d in weight.dims)
+        blocks = (k + block_size - 1) // block_size
+        blob = block_size * bits // 8
+        cache: dict[str, np.ndarray] = {}
+
+        def packed(name: str = weight.name, k: int = k, n: int = n, blocks: int = blocks, blob: int = blob, cache: dict = cache) -> np.ndarray:
+            matrix = np.asarray(writer.source.read(name), dtype=np.float32)
+            if k % block_size:
+                matrix = np.pad(matrix, ((0, blocks * block_size - k), (0, 0)))
+            out = np.zeros((n, blocks, blob), dtype=np.uint8)
+            scales = np.zeros((n, blocks), dtype=np.float32)
+            zero_points = np.zeros((n, (blocks + 8 // bits - 1) // (8 // bits)), dtype=np.uint8)
+            quantize(out, np.ascontiguousarray(matrix), scales, zero_points, block_size, n, k, True)
+            cache["scales"] = scales
+            return out
+
+        def scales(cache: dict = cache, packed: Producer = packed) -> np.ndarray:
+            if "scales" not in cache:
+                packed()
+            values = cache.pop("scales")
+            return values.astype(onnx.helper.tensor_dtype_to_np_dtype(float_type))
+
+        packed_name = writer.add(f"{weight.name}_Q{bits}", TensorProto.UINT8, [n, blocks, blob], packed)
+        scales_name = writer.add(f"{weight.name}_scales", float_type, [n, blocks], scales)
+        node.op_type, node.domain = "MatMulNBits", MS_DOMAIN
+        node.input[1] = packed_name
+        node.input.append(scales_name)
+        del node.attribute[:]
+        node.attribute.extend([helper.make_attribute(key, value) for key, value in (("K", k), ("N", n), ("bits", bits), ("block_size", block_size))])
+        converted += 1
+    writer.drop_unused()
+    return converted
+
+
+def quantize_embeddings(writer: VariantWriter, float_type: int) -> int:
+    """Gather(table[V, H], ids) -> Gather(int8 table) * Gather(row scales); returns tables converted."""
+    readers = _readers(writer.graph)
+    converted: dict[str, tuple[str, str]] = {}
+    nodes: list[onnx.NodeProto] = []
+    for node in writer.graph.node:
+        table = writer.source.tensors.get(node.input[0]) if node.op_type == "Gather" and len(node.input) == 2 else None
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if (
+            table is None or table.data_type != TensorProto.FLOAT or len(table.dims) != 2 or axis != 0
+            or any(reader.op_type != "Gather" or reader.input[0] != table.name for reader in readers[table.name])
+        ):
+            nodes.append(node)
+            continue
+        if table.name not in converted:
+            rows, columns = (int(d) for d in table.dims)
+            cache: dict[str, np.ndarray] = {}
+
+            def values(name: str = table.name, cache: dict = cache) -> np.ndarray:
+                matrix = np.asarray(writer.source.read(name), dtype=np.float32)
+                peak = np.abs(matrix).max(axis=1, keepdims=True)
+                scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+                cache["scales"] = scales
+                return np.clip(np.rint(matrix / scales), -127, 127).astype(np.int8)
+
+            def scales(cache: dict = cache, values: Producer = values) -> np.ndarray:
+                if "scales" not in cache:
+                    values()
+                return cache.pop("scales").astype(onnx.helper.tensor_dtype_to_np_dtype(float_type))
+
+            converted[table.name] = (
+                writer.add(f"{table.name}_int8", TensorProto.INT8, [rows, columns], values),
+                writer.add(f"{table.name}_scales", float_type, [rows, 1], scales),
+            )
+        quantized, row_scales = converted[table.name]
+        prefix, ids, output = node.name or f"{table.name}_gather", node.input[1], node.output[0]
+        nodes += [
+            helper.make_node("Gather", [quantized, ids], [f"{output}_int8"], name=f"{prefix}_int8", axis=0),
+            helper.make_node("Cast", [f"{output}_int8"], [f"{output}_dequantized"], name=f"{prefix}_cast", to=float_type),
+            helper.make_node("Gather", [row_scales, ids], [f"{output}_scale"], name=f"{prefix}_scale", axis=0),
+            helper.make_node("Mul", [f"{output}_dequantized", f"{output}_scale"], [output], name=f"{prefix}_dequantize"),
+        ]
+    if converted:
+        del writer.graph.node[:]
+        writer.graph.node.extend(nodes)
+        writer.drop_unused()
+    return len(converted)
+
+
+def to_float16(writer: VariantWriter) -> None:
+    """Every float32 tensor, value, input, output and constant of the graph becomes float16."""
+    for name, planned in writer.planned.items():
+        if planned.tensor.data_type == TensorProto.FLOAT:
+            produce = planned.produce
+            writer.replace(name, TensorProto.FLOAT16, list(planned.tensor.dims), lambda produce=produce: produce().astype(np.float16))
+    graph = writer.graph
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = TensorProto.FLOAT16
+    for node in graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT:
+                attribute.i = TensorProto.FLOAT16
+            elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT:
+                attribute.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attribute.t).astype(np.float16), attribute.t.name))
+
+
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in set(node.input):
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
+def derive(source: Path, target: Path, data_name: str, variant: str) -> dict[str, object]:
+    """Write variant `variant` of the fp32 graph `source` as `target` plus `data_name` beside it."""
+    settings = VARIANTS[variant]
+    float_type = TensorProto.FLOAT16 if settings.float_type == "float16" else TensorProto.FLOAT
+    writer = VariantWriter(source)
+    counts = {}
+    if settings.weight_bits is not None:
+        counts["matmuls_quantized"] = quantize_matmuls(writer, settings.weight_bits, settings.block_size, float_type)
+        if settings.embeddings == "int8-per-row":
+            counts["embedding_tables_quantized"] = quantize_embeddings(writer, float_type)
+    if float_type == TensorProto.FLOAT16:
+        to_float16(writer)
+    if any(node.domain == MS_DOMAIN for node in writer.graph.node) and not any(o.domain == MS_DOMAIN for o in writer.model.opset_import):
+        writer.model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    size = writer.write(target, data_name)
+    return {"settings": settings.record(), **counts, "size_bytes": size}
+
+
+def iter_variants(names: list[str]) -> Iterator[tuple[str, VariantSettings]]:
+    for name in names:
+        yield name, VARIANTS[name]
+
+
+if __name__ == "__main__":  # a manual check: python -m jobs.onnx.derive SOURCE TARGET VARIANT
+    import sys
+
+    source, target, variant = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
+    print(json.dumps(derive(source, target, target.name + "_data", variant), indent=2))
