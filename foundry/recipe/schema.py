@@ -18,8 +18,8 @@ MERGEKIT_KEYS = (
     "tokenizer_source", "tokenizer", "chat_template", "out_dtype", "parameters",
 )
 
-QUANT_LEVELS = ("fp32", "fp16", "q8", "q4", "q2")
-QuantLevel = Literal["fp32", "fp16", "q8", "q4", "q2"]
+QUANT_LEVELS = ("fp32", "fp16", "q8", "q4", "q4f16", "q2")
+QuantLevel = Literal["fp32", "fp16", "q8", "q4", "q4f16", "q2"]
 DTYPES = ("float32", "float16", "bfloat16")
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|Mi|Gi|Ti|M|G|T)?$")

@@ -77,8 +77,16 @@ class SourceTensors:
     def __init__(self, model_path: Path, graph: onnx.GraphProto) -> None:
         self.folder = model_path.parent
         self.tensors = {tensor.name: tensor for tensor in graph.initializer}
+        self.derived: dict[str, Producer] = {}
+
+    def define(self, name: str, data_type: int, dims: list[int], produce: Producer) -> None:
+        """A tensor computed from others (a transposed weight), read like the file's own."""
+        self.tensors[name] = TensorProto(name=name, data_type=data_type, dims=dims)
+        self.derived[name] = produce
 
     def read(self, name: str) -> np.ndarray:
+        if name in self.derived:
+            return self.derived[name]()
         tensor = self.tensors[name]
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
         shape = tuple(tensor.dims)
@@ -162,6 +170,58 @@ def _header(tensor: TensorProto) -> TensorProto:
 
 
 # --- the transformations ---------------------------------------------------------------------
+
+def expose_weight_products(writer: VariantWriter) -> None:
+    """Give every weight product a MatMul with a constant B, which quantize_matmuls needs.
+
+    torch-exported graphs (optimum's) hide two: `Gemm` (GPT-2's Conv1D, a 2-D Linear)
+    becomes MatMul + Add, and a MatMul whose B is `Transpose(initializer)` (a tied lm_head
+    reusing the embedding) gets the transposed matrix as its own initializer, so the
+    lm_head is quantized too. The builder's graphs have neither.
+    """
+    graph = writer.graph
+    producers = {output: node for node in graph.node for output in node.output}
+    nodes: list[onnx.NodeProto] = []
+    transposed: dict[str, str] = {}
+    for node in graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if (
+            node.op_type == "Gemm" and node.input[1] in writer.source.tensors and attributes.get("alpha", 1.0) == 1.0
+            and attributes.get("beta", 1.0) == 1.0 and not attributes.get("transA", 0)
+        ):
+            weight = node.input[1]
+            if attributes.get("transB", 0):
+                weight = _transposed(writer, weight, transposed)
+            product = f"{node.output[0]}_matmul" if len(node.input) > 2 else node.output[0]
+            nodes.append(helper.make_node("MatMul", [node.input[0], weight], [product], name=f"{node.name}_matmul"))
+            if len(node.input) > 2:
+                nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+            continue
+        if node.op_type == "MatMul" and node.input[1] in producers:
+            transpose = producers[node.input[1]]
+            perm = [list(a.ints) for a in transpose.attribute if a.name == "perm"]
+            source = writer.source.tensors.get(transpose.input[0]) if transpose.op_type == "Transpose" else None
+            if source is not None and len(source.dims) == 2 and perm in ([], [[1, 0]]):
+                node.input[1] = _transposed(writer, source.name, transposed)
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    dead = [node for node in graph.node if node.op_type == "Transpose" and not any(output in used for output in node.output)]
+    for node in dead:
+        graph.node.remove(node)
+    writer.drop_unused()
+
+
+def _transposed(writer: VariantWriter, name: str, done: dict[str, str]) -> str:
+    if name not in done:
+        rows, columns = (int(d) for d in writer.source.tensors[name].dims)
+        source_type = writer.source.tensors[name].data_type
+        done[name] = f"{name}_transposed"
+        writer.source.define(done[name], source_type, [columns, rows], lambda: np.ascontiguousarray(writer.source.read(name).T))
+        writer.add(done[name], source_type, [columns, rows], lambda: writer.source.read(done[name]))
+    return done[name]
+
 
 def quantize_matmuls(writer: VariantWriter, bits: int, block_size: int, float_type: int) -> int:
     """MatMul(A, constant B[K, N]) -> MatMulNBits; returns how many were converted."""
@@ -292,6 +352,7 @@ def derive(source: Path, target: Path, data_name: str, variant: str) -> dict[str
     writer = VariantWriter(source)
     counts = {}
     if settings.weight_bits is not None:
+        expose_weight_products(writer)
         counts["matmuls_quantized"] = quantize_matmuls(writer, settings.weight_bits, settings.block_size, float_type)
         if settings.embeddings == "int8-per-row":
             counts["embedding_tables_quantized"] = quantize_embeddings(writer, float_type)

@@ -1,52 +1,38 @@
-"""ONNX export of a causal LM with past key values, as the graph transformers.js loads.
+"""The fp32 ONNX export of a causal LM, as one graph with past key values, by the family's exporter.
 
-One job: a local Hugging Face folder in, one fp32 `model.onnx` out (with its weights as
-external data in one `model.onnx_data`), checked to have the inputs and outputs a browser
-client feeds and reads:
+One job: a local Hugging Face folder in, `model.onnx` plus its external data out, with the
+inputs and outputs a browser client feeds and reads (`input_ids`, `attention_mask`,
+`position_ids` where the exporter keeps it, `past_key_values.N.key/value`; `logits`,
+`present.N.key/value`). Every variant is derived from this graph (jobs/onnx/derive.py).
 
-- inputs `input_ids`, `attention_mask`, `position_ids` (for the families whose export has
-  it) and `past_key_values.N.key` / `past_key_values.N.value`;
-- outputs `logits` and `present.N.key` / `present.N.value`.
+Which exporter takes a family is decided in `foundry/exporters.py` (so `foundry lint`
+refuses the others):
 
-optimum-onnx 0.1.0 exports `text-generation-with-past` as that one graph (no separate
-decoder / decoder-with-past / merged files, the past is empty on the first step), so
-nothing but `model.onnx` is kept from its output folder.
+- `BuilderExporter`: onnxruntime-genai's model builder, run as its own program so that
+  the PyTorch model it loads is gone when it exits. Its graphs declare the last cache
+  dimension as the symbolic `kv_cache_dim`; transformers.js sizes its empty cache by
+  setting every symbolic dimension but the batch to 0, so it is pinned to the head size
+  here. It also writes `genai_config.json`, kept for onnxruntime-genai.
+- `OptimumExporter`: optimum-onnx in its own environment (jobs/onnx/optimum_env.py).
 """
 
-import contextlib
+from __future__ import annotations
+
 import json
-import logging
-import tempfile
-import warnings
-from collections.abc import Iterator
+import os
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
+import onnx
+
+from foundry import exporters
 from foundry.errors import UserError
+from jobs.onnx import optimum_env
+from jobs.onnx.steps import StepLog, run_command
 
-TASK = "text-generation-with-past"
-LOG = logging.getLogger("foundry.quantize")
-
-# Messages every export prints and no Foundry user can act on, by logger: optimum's note
-# that the tied lm_head and the embedding became two initializers (the lm_head MatMul takes
-# a transposed copy, as in every community export), and transformers' `torch_dtype`
-# deprecation, raised by optimum's own loader call and by configs that carry both keys.
-# (Filters, not levels: transformers 4.57 runs a tensor-parallel check that logs two
-# warnings whenever `transformers.modeling_utils` has its level raised.)
-_NOISE = {
-    "optimum": ("Found different candidate ONNX initializers", "\t"),
-    "transformers.configuration_utils": ("`torch_dtype` is deprecated",),
-    "transformers.modeling_utils": ("`torch_dtype` is deprecated",),
-}
-
-
-class _DropMessages(logging.Filter):
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
-        super().__init__()
-        self.prefixes = prefixes
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(self.prefixes)
+GENAI_CONFIG = "genai_config.json"
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -62,81 +48,93 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def exportable_model_types() -> list[str]:
-    import optimum.exporters.onnx.model_configs  # noqa: F401  (registers the ONNX configs)
-    from optimum.exporters.tasks import TasksManager
-
-    return sorted(TasksManager.get_supported_model_type_for_task(TASK, "onnx"))
-
-
-def check_exportable(model_dir: Path) -> str:
-    """The model type, or a UserError when optimum-onnx cannot export it as a decoder with past."""
+def family(model_dir: Path) -> exporters.Family:
+    """The model's family, or a UserError naming the families Foundry exports."""
     config = read_config(model_dir)
-    model_type = str(config["model_type"])
-    supported = exportable_model_types()
-    if model_type not in supported or config.get("is_encoder_decoder"):
+    found = exporters.family_of(config)
+    if found is None:
+        architecture = (config.get("architectures") or ["?"])[0]
+        raise UserError(
+            f"model folder {model_dir}: {config['model_type']} ({architecture}) cannot be exported to ONNX for the web; "
+            f"supported: {exporters.supported_summary()}"
+        )
+    return found
+
+
+class Exporter:
+    """Writes `<out>/model.onnx` (fp32, external data beside it) from a model folder."""
+
+    name: str
+
+    def export(self, log: StepLog, model_dir: Path, out: Path, *, trust_remote_code: bool) -> Path:
+        raise NotImplementedError
+
+    def version(self) -> str:
+        raise NotImplementedError
+
+
+class BuilderExporter(Exporter):
+    name = exporters.BUILDER
+
+    def export(self, log: StepLog, model_dir: Path, out: Path, *, trust_remote_code: bool) -> Path:
+        cache = out / ".builder-cache"
+        options = [
+            "hf_token=false",
+            f"hf_remote={'true' if trust_remote_code else 'false'}",
+            # A full cache for every layer: transformers.js grows one cache per layer, and the
+            # builder's windowed cache for sliding-window layers (gemma2/3) wants a capacity.
+            "windowed_kv_cache=false",
+        ]
+        command = [
+            sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out),
+            "-p", "fp32", "-e", "cpu", "-c", str(cache), "--extra_options", *options,
+        ]
+        run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+        shutil.rmtree(cache, ignore_errors=True)
+        model = out / "model.onnx"
+        _pin_cache_dimension(model, out / GENAI_CONFIG)
+        return model
+
+    def version(self) -> str:
         from importlib.metadata import version
 
-        raise UserError(
-            f"model type {model_type!r} cannot be exported to ONNX as a decoder with past key values by optimum-onnx "
-            f"{version('optimum-onnx')} (decoder-only types it exports: {', '.join(t for t in supported if t not in _ENCODER_DECODER)})"
-        )
-    return model_type
+        return version("onnxruntime-genai")
 
 
-# Types optimum lists for text-generation that are encoder-decoders (their decoder only).
-_ENCODER_DECODER = {"bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "marian", "mbart", "pegasus"}
+class OptimumExporter(Exporter):
+    name = exporters.OPTIMUM
+
+    def export(self, log: StepLog, model_dir: Path, out: Path, *, trust_remote_code: bool) -> Path:
+        python = optimum_env.python()
+        script = Path(__file__).with_name("optimum_export.py")
+        command = [str(python), str(script), str(model_dir), str(out), "--trust-remote-code" if trust_remote_code else "--no-remote-code"]
+        run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        return out / "model.onnx"
+
+    def version(self) -> str:
+        return optimum_env.OPTIMUM_ONNX_VERSION
 
 
-@contextlib.contextmanager
-def quiet_loaders() -> Iterator[None]:
-    """Silence the tracer's and loaders' warnings that every export prints and no user can act on."""
-    import torch
-
-    filters = {name: _DropMessages(prefixes) for name, prefixes in _NOISE.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message=r"Exporting aten::index operator")
-        # optimum-onnx 0.1.0 drives torch's TorchScript exporter (torch.onnx.export(dynamo=False)).
-        warnings.filterwarnings("ignore", message=r"You are using the legacy TorchScript-based ONNX export", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", message=r"The feature will be removed", category=DeprecationWarning)
-        for name, drop in filters.items():
-            logging.getLogger(name).addFilter(drop)
-        try:
-            yield
-        finally:
-            for name, drop in filters.items():
-                logging.getLogger(name).removeFilter(drop)
+EXPORTERS: dict[str, Exporter] = {exporter.name: exporter for exporter in (BuilderExporter(), OptimumExporter())}
 
 
-def export_decoder(model_dir: Path, workdir: Path, *, trust_remote_code: bool = False) -> Path:
-    """Export `model_dir` into a new `workdir/export-*/`; return the path of its `model.onnx`.
+def exporter_for(model_dir: Path) -> Exporter:
+    return EXPORTERS[family(model_dir).exporter]
 
-    The weights are exported in float32 whatever dtype the checkpoint stores (bf16 merges
-    included): every variant is derived from this graph.
-    """
-    from optimum.exporters.onnx import main_export
 
-    check_exportable(model_dir)
-    target = Path(tempfile.mkdtemp(prefix="export-", dir=workdir))
-    with quiet_loaders():
-        main_export(
-            str(model_dir),
-            output=target,
-            task=TASK,
-            dtype="fp32",
-            framework="pt",
-            library_name="transformers",
-            local_files_only=True,
-            trust_remote_code=trust_remote_code,
-            do_validation=False,  # the quantize stage measures agreement against PyTorch itself
-            device="cpu",
-        )
-    onnx_path = target / "model.onnx"
-    if not onnx_path.is_file():
-        produced = sorted(p.name for p in target.iterdir() if p.suffix == ".onnx")
-        raise RuntimeError(f"optimum-onnx wrote {produced} instead of one model.onnx for {TASK}")
-    return onnx_path
+def _pin_cache_dimension(model_path: Path, genai_config: Path) -> None:
+    """Give the cache's last dimension its value, the head size, in the graph's inputs and outputs."""
+    head_size = int(json.loads(genai_config.read_text())["model"]["decoder"]["head_size"])
+    model = onnx.load(str(model_path), load_external_data=False)
+    for value in [*model.graph.input, *model.graph.output]:
+        if value.name.startswith(("past_key_values.", "present.")):
+            last = value.type.tensor_type.shape.dim[-1]
+            if last.dim_param:
+                last.Clear()
+                last.dim_value = head_size
+    temporary = model_path.with_name(f".{model_path.name}.tmp")
+    temporary.write_bytes(model.SerializeToString())
+    os.replace(temporary, model_path)
 
 
 def check_decoder_io(model: Any) -> dict[str, Any]:
@@ -144,8 +142,6 @@ def check_decoder_io(model: Any) -> dict[str, Any]:
 
     `model` is an `onnx.ModelProto` (loaded with or without its external data).
     """
-    import onnx
-
     inputs = {i.name: i for i in model.graph.input}
     outputs = {o.name: o for o in model.graph.output}
     missing = [name for name in ("input_ids", "attention_mask") if name not in inputs]

@@ -1,8 +1,8 @@
-"""The quantize stage: ONNX export with past key values, then the requested variants,
+"""The quantize stage: one fp32 ONNX export, then the requested variants derived from it,
 each checked against the unquantized model.
 
 Parameters (`spec.params`):
-    variants           list of fp32, fp16, q8, q4, q2 (q2 only where ONNX Runtime runs it)
+    variants           list of fp32, fp16, q8, q4, q4f16, q2
     prompts            optional list of strings to measure agreement on (default: 8 short ones)
     trust_remote_code  bool, default false; passed to every loader
     allow_pickle       bool, default false; accept `.bin` weights (as the merge stage does)
@@ -10,15 +10,24 @@ Parameters (`spec.params`):
 Input `model`: a local Hugging Face causal LM folder. Output (`out`):
 
     config.json, generation_config.json, tokenizer files   copied from the input
+    genai_config.json                                      onnxruntime-genai's, pointing at the
+                                                           q4 graph (else the most native one)
     onnx/<file>, onnx/<file>_data                           one pair per requested variant
                                                            (names from foundry.variants)
     quantize.json                                          the report this returns
+
+Steps, each in a process of its own (jobs/onnx/steps.py), so the stage holds one model's
+worth of memory at most once: the export (jobs/onnx/export.py: onnxruntime-genai's builder,
+or optimum-onnx for the families only it takes), the PyTorch reference, and per variant its
+derivation from the fp32 graph, tensor by tensor (jobs/onnx/derive.py), with its agreement.
 
 Agreement is measured against PyTorch in float32 (`reference: "pytorch-fp32"`): every
 variant, fp32 ONNX included, runs the prompts as one full-sequence forward with an empty
 past, and its logits at every position are compared with PyTorch's: the share of
 positions whose arg-max token is the same (`top1_agreement`) and the largest absolute
-logit difference (`max_logit_diff`).
+logit difference (`max_logit_diff`). The reference loads the checkpoint in its own dtype
+and lifts each module's weights to float32 only while it runs: the same numbers as a
+float32 model (a bfloat16 weight is exact in float32) at half the memory.
 """
 
 import json
@@ -26,6 +35,7 @@ import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +49,8 @@ LOG = logging.getLogger("foundry.quantize")
 REPORT_FILE = "quantize.json"
 REFERENCE = "pytorch-fp32"
 MAX_PROMPT_TOKENS = 128
+# The graph onnxruntime-genai runs from a published folder: the first of these built.
+GENAI_PREFERENCE = ("q4", "q8", "fp32", "q4f16", "fp16", "q2")
 
 DEFAULT_PROMPTS: tuple[str, ...] = (
     "The capital of France is",
@@ -71,56 +83,44 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
 
     import onnx
 
-    from jobs.onnx import export as onnx_export
-    from jobs.onnx import quantize as onnx_quantize
+    from jobs.onnx import export
+    from jobs.onnx.steps import StepLog, run_step
 
     _check_model_folder(model_dir, allow_pickle=allow_pickle)
-    if "q2" in variants and not onnx_quantize.q2_supported():
-        raise UserError(f"q2 needs a 2-bit MatMulNBits, which ONNX Runtime {_ort_version()} cannot run; supported levels here: {', '.join(supported_levels())}")
-    onnx_export.check_exportable(model_dir)
+    exporter = export.exporter_for(model_dir)
 
     out.mkdir(parents=True, exist_ok=True)
     copied = _copy_metadata(model_dir, out, trust_remote_code=trust_remote_code)
+    steps = StepLog()
     seconds: dict[str, float] = {}
     files: dict[str, dict[str, Any]] = {}
     onnx_dir = out / ONNX_FOLDER
-    with tempfile.TemporaryDirectory(prefix="foundry-quantize-") as scratch:
+    with tempfile.TemporaryDirectory(prefix="foundry-quantize-", dir=out.parent) as scratch:
         work = Path(scratch)
         tick = time.perf_counter()
-        exported = onnx_export.export_decoder(model_dir, work, trust_remote_code=trust_remote_code)
-        fp32 = onnx_quantize.load(exported)
-        io = onnx_export.check_decoder_io(fp32)
-        fp32_path = work / "fp32" / VARIANT_FILES["fp32"]
-        onnx_quantize.save_model(fp32, fp32_path)
-        del fp32
-        shutil.rmtree(exported.parent)
+        fp32 = exporter.export(steps, model_dir, work / "export", trust_remote_code=trust_remote_code)
+        io = export.check_decoder_io(onnx.load(str(fp32), load_external_data=False))
         seconds["export"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        token_ids = tokenize_prompts(model_dir, prompts, trust_remote_code=trust_remote_code)
+        reference = work / "reference.npz"
+        run_step(steps, "reference", pytorch_logits, model_dir, token_ids, reference, trust_remote_code)
+        seconds["reference"] = time.perf_counter() - tick
 
         for variant in variants:
             tick = time.perf_counter()
             target = onnx_dir / VARIANT_FILES[variant]
-            if variant == "fp32":
-                _copy_pair(fp32_path, target)
-            else:
-                onnx_quantize.save_model(_convert(variant, fp32_path), target)
-            graph = onnx.load(str(target), load_external_data=False)
-            files[variant] = _describe(target, onnx_export.check_decoder_io(graph))
+            files[variant] = run_step(steps, variant, make_variant, fp32, target, variant, token_ids, reference)
             seconds[variant] = time.perf_counter() - tick
-            LOG.info("quantize: %s written (%d bytes, %.1fs)", target.name, files[variant]["size_bytes"], seconds[variant])
-
-    tick = time.perf_counter()
-    token_ids = tokenize_prompts(model_dir, prompts, trust_remote_code=trust_remote_code)
-    reference = _pytorch_logits(model_dir, token_ids, trust_remote_code=trust_remote_code)
-    for variant in variants:
-        files[variant].update(agreement(reference, onnx_logits(decoder_session(onnx_dir / VARIANT_FILES[variant]), token_ids)))
-    seconds["agreement"] = time.perf_counter() - tick
+            LOG.info("quantize: %s written (%d bytes, %.1fs, top-1 agreement %.3f)", target.name, files[variant]["size_bytes"], seconds[variant], files[variant]["top1_agreement"])
+        genai = _write_genai_config(work / "export", out, variants)
     seconds["total"] = time.perf_counter() - started
 
     report = {
         "reference": REFERENCE,
+        "exporter": {"name": exporter.name, "version": exporter.version()},
         "onnxruntime": _ort_version(),
-        "q2_supported": onnx_quantize.q2_supported(),
-        "supported_levels": supported_levels(),
         "prompts": len(prompts),
         "prompt_set": "default" if spec.params.get("prompts") is None else "custom",
         "positions": sum(len(ids) for ids in token_ids),
@@ -128,18 +128,51 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
             "inputs": io["inputs"], "outputs": io["outputs"], "num_layers": io["num_layers"],
             "uses_position_ids": io["uses_position_ids"],
         },
+        "genai_config": genai,
         "copied": copied,
         "variants": files,
     }
-    # Timings go to the marker only: the committed files must be the same bytes on a re-run.
+    # Timings and memory go to the marker only: the committed files must be the same bytes on a re-run.
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    return {**report, "seconds": {name: round(value, 3) for name, value in seconds.items()}}
+    return {
+        **report,
+        "seconds": {name: round(value, 3) for name, value in seconds.items()},
+        "peak_rss_bytes": {"stage": steps.peak(), **steps.peaks},
+    }
 
 
-def supported_levels() -> list[str]:
-    from jobs.onnx.quantize import q2_supported
+def make_variant(fp32: Path, target: Path, variant: str, token_ids: list[list[int]], reference: Path) -> dict[str, Any]:
+    """Derive one variant from the fp32 graph and measure its agreement; run as its own step."""
+    import onnx
 
-    return [v for v in VARIANT_FILES if v != "q2" or q2_supported()]
+    from jobs.onnx.derive import derive
+    from jobs.onnx.export import check_decoder_io
+
+    made = derive(fp32, target, data_file_name(target.name), variant)
+    io = check_decoder_io(onnx.load(str(target), load_external_data=False))
+    return {
+        "file": f"{ONNX_FOLDER}/{target.name}",
+        "size_bytes": made["size_bytes"],
+        "kv_cache_dtype": io["past_dtype"],
+        "quantization": made["settings"],
+        **saved_agreement(reference, onnx_logits(decoder_session(target), token_ids)),
+    }
+
+
+def data_file_name(onnx_name: str) -> str:
+    return f"{onnx_name}_data"
+
+
+def _write_genai_config(export_dir: Path, out: Path, variants: list[str]) -> str | None:
+    """onnxruntime-genai's config, its decoder pointed at the most native published graph."""
+    source = export_dir / "genai_config.json"
+    if not source.is_file():
+        return None
+    graph = next(level for level in GENAI_PREFERENCE if level in variants)
+    config = json.loads(source.read_text())
+    config["model"]["decoder"]["filename"] = f"{ONNX_FOLDER}/{VARIANT_FILES[graph]}"
+    (out / "genai_config.json").write_text(json.dumps(config, indent=4) + "\n")
+    return graph
 
 
 def _params(params: dict[str, Any]) -> tuple[list[str], list[str], bool, bool]:
@@ -203,35 +236,6 @@ def _copy_metadata(model_dir: Path, out: Path, *, trust_remote_code: bool) -> li
     return sorted(copied)
 
 
-def _convert(variant: str, fp32_path: Path) -> Any:
-    from jobs.onnx import quantize as onnx_quantize
-
-    if variant == "fp16":
-        return onnx_quantize.to_fp16(fp32_path)
-    if variant == "q8":
-        return onnx_quantize.to_q8(fp32_path)
-    return onnx_quantize.to_nbits(fp32_path, {"q4": 4, "q2": 2}[variant])
-
-
-def _copy_pair(source: Path, target: Path) -> None:
-    from jobs.onnx.quantize import data_file_name
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, target)
-    shutil.copyfile(source.with_name(data_file_name(source.name)), target.with_name(data_file_name(target.name)))
-
-
-def _describe(path: Path, io: dict[str, Any]) -> dict[str, Any]:
-    from jobs.onnx.quantize import data_file_name
-
-    data = path.with_name(data_file_name(path.name))
-    return {
-        "file": f"{ONNX_FOLDER}/{path.name}",
-        "size_bytes": path.stat().st_size + data.stat().st_size,
-        "kv_cache_dtype": io["past_dtype"],
-    }
-
-
 def tokenize_prompts(model_dir: Path, prompts: list[str], *, trust_remote_code: bool) -> list[list[int]]:
     from transformers import AutoTokenizer
 
@@ -245,46 +249,85 @@ def tokenize_prompts(model_dir: Path, prompts: list[str], *, trust_remote_code: 
     return token_ids
 
 
-def _pytorch_logits(model_dir: Path, token_ids: list[list[int]], *, trust_remote_code: bool) -> list[Any]:
+def pytorch_logits(model_dir: Path, token_ids: list[list[int]], target: Path, trust_remote_code: bool) -> None:
+    """The float32 reference logits of every prompt, saved to `target` (one array per prompt); run as its own step."""
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM
 
-    from jobs.onnx.export import quiet_loaders
-
-    with quiet_loaders():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", trust_remote_code=trust_remote_code)
     model.eval()
-    logits = []
+    if model.dtype != torch.float32:
+        _lift_to_float32_while_running(model)
+    arrays = {}
     with torch.no_grad():
-        for ids in token_ids:
+        for index, ids in enumerate(token_ids):
             tensor = torch.tensor([ids], dtype=torch.long)
-            logits.append(model(input_ids=tensor, attention_mask=torch.ones_like(tensor), use_cache=False).logits[0].float().numpy())
-    return logits
+            logits = model(input_ids=tensor, attention_mask=torch.ones_like(tensor), use_cache=False).logits[0]
+            arrays[f"prompt_{index}"] = logits.float().numpy()
+    np.savez(target, **arrays)
 
 
-def onnx_logits(session: Any, token_ids: list[list[int]]) -> list[Any]:
+def _lift_to_float32_while_running(model: Any) -> None:
+    """Each module's own weights in float32 for its forward only, then back to the checkpoint's dtype.
+
+    Activations then flow in float32 from the embedding on, so the model computes what its
+    float32 copy would, holding one module's float32 weights at a time.
+    """
+    import torch
+
+    stored = model.dtype
+
+    def lift(module: Any, _inputs: Any) -> None:
+        for parameter in module.parameters(recurse=False):
+            parameter.data = parameter.data.to(torch.float32)
+
+    def lower(module: Any, _inputs: Any, _output: Any) -> None:
+        for parameter in module.parameters(recurse=False):
+            parameter.data = parameter.data.to(stored)
+
+    for module in model.modules():
+        if any(True for _ in module.parameters(recurse=False)):
+            module.register_forward_pre_hook(lift)
+            module.register_forward_hook(lower)
+
+
+def onnx_logits(session: Any, token_ids: list[list[int]]) -> Iterator[Any]:
     """Logits at every position of each prompt, from one full-sequence forward with an empty past."""
     import numpy as np
 
-    logits = []
     for ids in token_ids:
         input_ids = np.array([ids], dtype=np.int64)
         feeds = decoder_feeds(session, input_ids, np.ones_like(input_ids), empty_past(session))
-        logits.append(session.run(["logits"], feeds)[0][0].astype(np.float32))
-    return logits
+        yield session.run(["logits"], feeds)[0][0].astype(np.float32)
 
 
-def agreement(reference: list[Any], logits: list[Any]) -> dict[str, Any]:
+def saved_agreement(reference: Path, logits: Iterable[Any]) -> dict[str, Any]:
+    """`agreement` against the reference `pytorch_logits` saved, one prompt in memory at a time."""
     import numpy as np
 
-    pairs = list(zip(reference, logits, strict=True))
-    same = sum(int((expected.argmax(-1) == got.argmax(-1)).sum()) for expected, got in pairs)
-    positions = sum(expected.shape[0] for expected, _ in pairs)
-    diffs = [np.abs(expected - got) for expected, got in pairs]
+    with np.load(reference) as saved:
+        return agreement((saved[f"prompt_{index}"], got) for index, got in enumerate(logits))
+
+
+def agreement(pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:
+    """Over (reference, variant) logits per prompt: the share of positions with the same arg-max,
+    and the largest and mean absolute logit difference."""
+    import numpy as np
+
+    same = positions = count = 0
+    largest = total = 0.0
+    for expected, got in pairs:
+        same += int((expected.argmax(-1) == got.argmax(-1)).sum())
+        positions += expected.shape[0]
+        difference = np.abs(expected - got)
+        largest = max(largest, float(difference.max()))
+        total += float(difference.sum())
+        count += difference.size
     return {
         "top1_agreement": round(same / positions, 6),
-        "max_logit_diff": float(f"{max(float(d.max()) for d in diffs):.6g}"),
-        "mean_logit_diff": float(f"{sum(float(d.sum()) for d in diffs) / sum(d.size for d in diffs):.6g}"),
+        "max_logit_diff": float(f"{largest:.6g}"),
+        "mean_logit_diff": float(f"{total / count:.6g}"),
     }
 
 

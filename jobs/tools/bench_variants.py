@@ -103,7 +103,7 @@ def _measure(folder: Path, variant: str, *, token_ids: list[list[int]] | None, s
     }
     if not suites:
         assert token_ids is not None
-        return row, onnx_logits(generator.session, token_ids)
+        return row, list(onnx_logits(generator.session, token_ids))
     del generator       # evaluate_folder opens its own session: never two copies of a large model at once
     from foundry.metrics import flat_metrics
     from jobs.evaluation import evaluate_folder
@@ -116,7 +116,7 @@ def _quality_delta(reference: Any, quality: Any, *, suites: bool) -> dict[str, A
         return {"metrics": quality, "deltas": {name: round(value - reference[name], 6) for name, value in quality.items() if name in reference}}
     from jobs.stages.quantize import agreement
 
-    return {**agreement(reference, quality), "mean_kl": float(f"{mean_kl(reference, quality):.6g}")}
+    return {**agreement(zip(reference, quality, strict=True)), "mean_kl": float(f"{mean_kl(reference, quality):.6g}")}
 
 
 def mean_kl(reference: list[Any], logits: list[Any]) -> float:

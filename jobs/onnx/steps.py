@@ -1,0 +1,113 @@
+"""Run one heavy step of a stage in a process of its own, and say how much memory it took.
+
+A step that loads a model (the export, the PyTorch reference, an ONNX Runtime session)
+only gives its memory back to the system by exiting: Python's and the libraries'
+allocators keep what they freed. So each such step runs in a fresh process, the stage's
+own process stays small, and the stage's peak is the largest step's, not their sum.
+
+Each step reports the kernel's peak resident set (VmHWM) of the process that ran it. A
+step killed by the kernel (out of memory, as a too-small pod limit does it) is reported
+by name with the memory the process was allowed, instead of a bare "Killed".
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from foundry.errors import UserError
+
+GIB = 1024**3
+
+
+@dataclass
+class StepLog:
+    """Wall time and peak RSS of every step of one stage run, in order."""
+
+    peaks: dict[str, int] = field(default_factory=dict)
+
+    def record(self, name: str, peak_bytes: int) -> None:
+        self.peaks[name] = max(peak_bytes, self.peaks.get(name, 0))
+
+    def peak(self) -> int:
+        """The largest step's peak, the stage process's own included."""
+        return max([*self.peaks.values(), peak_rss_bytes()])
+
+
+class StepKilled(UserError):
+    """A step died of a signal; most often the kernel's out-of-memory killer."""
+
+
+def peak_rss_bytes(pid: int | str = "self") -> int:
+    """VmHWM of a process, from /proc; ru_maxrss where /proc has none."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_allowed() -> str:
+    """What this process may use: the container's cgroup limit, else the machine's memory."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            value = Path(path).read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit() and int(value) < 1 << 60:
+            return f"{int(value) / GIB:.1f} GiB (the container's memory limit)"
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{total / GIB:.1f} GiB (the machine's memory)"
+
+
+def run_step(log: StepLog, name: str, function: Callable[..., Any], *args: Any) -> Any:
+    """`function(*args)` in a fresh Python process; its result, once that process has exited.
+
+    `function` must be a module-level function: it travels by name, its arguments and
+    result by pickle, through files in a private temporary folder.
+    """
+    with tempfile.TemporaryDirectory(prefix="foundry-step-") as folder:
+        call, result = Path(folder) / "call.pickle", Path(folder) / "result.pickle"
+        call.write_bytes(pickle.dumps((function, args)))
+        run_command(log, name, [sys.executable, "-m", "jobs.onnx.steps", str(call), str(result)])
+        return pickle.loads(result.read_bytes())
+
+
+def run_command(log: StepLog, name: str, command: list[str], *, env: dict[str, str] | None = None) -> str:
+    """A step that is a program of its own; its stdout, once it exited 0."""
+    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, env=env)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        log.record(name, usage.ru_maxrss * 1024)
+        stdout.seek(0)
+        stderr.seek(0)
+        output, errors = stdout.read(), stderr.read()
+    if process.returncode < 0:
+        raise StepKilled(
+            f"quantize: step {name!r} was killed by signal {-process.returncode} before it finished (SIGKILL: most often the kernel's "
+            f"out-of-memory killer); it had {memory_allowed()}: give the quantize stage more memory (resources.quantize.memory)"
+        )
+    if process.returncode != 0:
+        tail = "\n".join(errors.strip().splitlines()[-15:])
+        raise RuntimeError(f"quantize: step {name!r} failed (exit {process.returncode}):\n{tail}")
+    return output
+
+
+def _child(call: Path, result: Path) -> None:
+    function, args = pickle.loads(call.read_bytes())
+    result.write_bytes(pickle.dumps(function(*args)))
+
+
+if __name__ == "__main__":
+    _child(Path(sys.argv[1]), Path(sys.argv[2]))
