@@ -34,7 +34,7 @@ class ModelRef:
         """The model's config.json when it can be read without the network, else None."""
         if self.kind == "tiny":
             spec = tiny_catalog.lookup(self.path)
-            return dict(spec.config) if spec else None
+            return {**spec.config, "architectures": [spec.architecture]} if spec else None
         if self.kind == "local":
             return _read_json(self.local_path / "config.json")
         if self.kind == "hub":

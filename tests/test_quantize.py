@@ -1,8 +1,9 @@
 """The quantize stage: real ONNX exports and quantizations of tiny models, run with ONNX Runtime.
 
-One llama-a run with every level this ONNX Runtime supports is shared by most tests; a
-gpt2-a run (tied embeddings, Conv1D exported as Gemm) proves a second family and is
-repeated in a fresh process to show the files are byte-identical.
+One llama-a run (onnxruntime-genai's builder) with every level is shared by most tests; a
+gpt2-a run (optimum-onnx in its own environment: tied embeddings, Conv1D exported as
+Gemm) proves the second exporter and is repeated in a fresh process to show the files
+are byte-identical.
 """
 
 import hashlib
@@ -24,17 +25,20 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from foundry.errors import UserError
 from foundry.stagespec import StageSpec
 from foundry.variants import VARIANT_FILES
-from jobs.onnx import quantize as onnx_quantize
-from jobs.stages.quantize import REFERENCE, decoder_session, empty_past, run, supported_levels
+from jobs.onnx.decoder import decoder_feeds
+from jobs.stages.quantize import REFERENCE, decoder_session, empty_past, run
 from jobs.tiny.models import build
 
+LEVELS = list(VARIANT_FILES)
 # Top-1 agreement with PyTorch fp32 over the default prompts (181 positions for llama-a).
-# Measured with torch 2.13.0, optimum-onnx 0.1.0, onnxruntime 1.31.1: fp16 1.000, q8 0.994,
-# q4 0.934, q2 0.757 (an earlier tiny-model build: q8 0.968, q4 0.883); the floors leave
-# room for other CPUs, library patch releases and retrained tiny models.
-AGREEMENT_FLOORS = {"fp32": 1.0, "fp16": 0.99, "q8": 0.93, "q4": 0.80}
-# Measured: fp32 4e-6, fp16 0.0067 (earlier build 0.0096).
+# Measured with torch 2.13.0, onnxruntime-genai 0.18.0's builder, onnxruntime 1.31.1:
+# fp16 1.000, q8 0.994, q4 0.934, q4f16 0.934, q2 0.757 (optimum-onnx 0.1.0's export gave
+# the same but for fp16's max diff); the floors leave room for other CPUs, library patch
+# releases and retrained tiny models.
+AGREEMENT_FLOORS = {"fp32": 1.0, "fp16": 0.99, "q8": 0.93, "q4": 0.80, "q4f16": 0.80}
+# Measured: fp32 4.8e-6, fp16 0.0091 (float16 all through, cache and logits included).
 MAX_LOGIT_DIFF_CEILINGS = {"fp32": 1e-4, "fp16": 0.05}
+FLOAT16_LEVELS = {"fp16", "q4f16"}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -46,7 +50,7 @@ def _spec(**params: Any) -> StageSpec:
 def llama(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any], Path]:
     model = build("llama-a")
     out = tmp_path_factory.mktemp("quantize-llama")
-    report = run(_spec(variants=supported_levels()), {"model": model}, out)
+    report = run(_spec(variants=LEVELS), {"model": model}, out)
     return out, report, model
 
 
@@ -57,40 +61,69 @@ def test_layout_is_what_publish_reads(llama: tuple[Path, dict[str, Any], Path]) 
     for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json"):
         assert (out / name).read_bytes() == (model / name).read_bytes()
     assert not list(out.glob("*.safetensors"))
-    expected = {name for level in supported_levels() for name in (VARIANT_FILES[level], VARIANT_FILES[level] + "_data")}
+    expected = {name for level in LEVELS for name in (VARIANT_FILES[level], VARIANT_FILES[level] + "_data")}
     assert {path.name for path in (out / "onnx").iterdir()} == expected
     written = json.loads((out / "quantize.json").read_text())
-    assert written == {key: value for key, value in report.items() if key != "seconds"}
-    assert set(report["seconds"]) >= {"export", "agreement", "total"}
+    assert written == {key: value for key, value in report.items() if key not in ("seconds", "peak_rss_bytes")}
+    assert set(report["seconds"]) == {"export", "reference", "total", *LEVELS}
+    # Every heavy step ran in a process of its own, and the stage's peak is the largest of them.
+    assert set(report["peak_rss_bytes"]) == {"stage", "export", "reference", *LEVELS}
+    assert report["peak_rss_bytes"]["stage"] == max(report["peak_rss_bytes"].values())
+
+
+def test_genai_config_runs_the_q4_graph_natively(llama: tuple[Path, dict[str, Any], Path]) -> None:
+    import onnxruntime_genai as og
+
+    out, report, _ = llama
+    assert report["genai_config"] == "q4"
+    config = json.loads((out / "genai_config.json").read_text())
+    assert config["model"]["decoder"]["filename"] == "onnx/model_q4.onnx"
+    prompt = [5, 6, 7, 8]
+    expected, _ = _greedy_onnx(decoder_session(out / "onnx" / "model_q4.onnx"), prompt, steps=12, eos=set())
+    model = og.Model(str(out))
+    params = og.GeneratorParams(model)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + 12, min_length=len(prompt) + 12)
+    generator = og.Generator(model, params)
+    generator.append_tokens(prompt)
+    generated = []
+    while not generator.is_done():
+        generator.generate_next_token()
+        generated.append(int(generator.get_next_tokens()[0]))
+    assert generated == expected
 
 
 def test_report(llama: tuple[Path, dict[str, Any], Path]) -> None:
     _, report, _ = llama
     assert report["reference"] == REFERENCE == "pytorch-fp32"
     assert report["onnxruntime"] == ort.__version__
-    assert report["q2_supported"] is onnx_quantize.q2_supported()
-    assert report["supported_levels"] == supported_levels()
+    assert report["exporter"] == {"name": "onnxruntime-genai", "version": "0.18.0"}
     assert report["prompts"] == 8 and report["positions"] > 8 * 5
-    assert list(report["variants"]) == supported_levels()
+    assert list(report["variants"]) == LEVELS
     for level, record in report["variants"].items():
         assert record["file"] == f"onnx/{VARIANT_FILES[level]}"
-        assert record["kv_cache_dtype"] == "float32"  # fp16 too: keep_io_types
+        assert record["kv_cache_dtype"] == ("float16" if level in FLOAT16_LEVELS else "float32")
         assert 0.0 <= record["top1_agreement"] <= 1.0 and record["max_logit_diff"] >= 0.0
+        settings = record["quantization"]
+        assert settings["float_type"] == ("float16" if level in FLOAT16_LEVELS else "float32")
+        assert settings["weight_bits"] == {"q8": 8, "q4": 4, "q4f16": 4, "q2": 2}.get(level)
+        if settings["weight_bits"]:
+            assert settings["block_size"] == 32 and settings["symmetric"] is True and settings["embeddings"] == "int8-per-row"
 
 
 @pytest.mark.parametrize("level", list(VARIANT_FILES))
 def test_every_variant_loads_with_past_key_values(llama: tuple[Path, dict[str, Any], Path], level: str) -> None:
     out, report, _ = llama
-    if level not in report["variants"]:
-        pytest.skip(f"{level} is not supported by onnxruntime {ort.__version__}")
     path = out / "onnx" / VARIANT_FILES[level]
     onnx.checker.check_model(str(path), full_check=True)
 
     session = decoder_session(path)
     past = [f"past_key_values.{layer}.{kind}" for layer in range(2) for kind in ("key", "value")]
-    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "position_ids", *past]
-    assert [o.name for o in session.get_outputs()] == ["logits", *(name.replace("past_key_values", "present") for name in past)]
-    assert {i.type for i in session.get_inputs() if i.name.startswith("past_key_values.")} == {"tensor(float)"}
+    assert sorted(i.name for i in session.get_inputs()) == sorted(["input_ids", "attention_mask", *past])
+    assert sorted(o.name for o in session.get_outputs()) == sorted(["logits", *(name.replace("past_key_values", "present") for name in past)])
+    float_type = "tensor(float16)" if level in FLOAT16_LEVELS else "tensor(float)"
+    assert {i.type for i in session.get_inputs() if i.name.startswith("past_key_values.")} == {float_type}
+    # The cache's last dimension is the head size, not a symbol transformers.js would zero.
+    assert {tuple(i.shape[1:]) for i in session.get_inputs() if i.name.startswith("past_key_values.")} == {(2, "past_sequence_length", 16)}
 
     # Every initializer lives in the one sibling file the publish stage re-chunks.
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -144,12 +177,7 @@ def _greedy_onnx(session: ort.InferenceSession, ids: list[int], *, steps: int, e
     for _ in range(steps):
         input_ids = np.array([current], dtype=np.int64)
         length = past_length + len(current)
-        feeds = {
-            "input_ids": input_ids,
-            "attention_mask": np.ones((1, length), dtype=np.int64),
-            "position_ids": np.arange(past_length, length, dtype=np.int64)[None, :],
-            **feeds_past,
-        }
+        feeds = decoder_feeds(session, input_ids, np.ones((1, length), dtype=np.int64), feeds_past)
         with_past += past_length > 0
         result = dict(zip(outputs, session.run(None, feeds), strict=True))
         token = int(result["logits"][0, -1].argmax())
@@ -164,7 +192,7 @@ def _greedy_onnx(session: ort.InferenceSession, ids: list[int], *, steps: int, e
 
 # --- a second family, and determinism --------------------------------------------------------
 
-GPT2_LEVELS = ["fp32", "fp16", "q8", "q4"]
+GPT2_LEVELS = LEVELS
 GPT2_PROMPTS = ["The old dog finds the", "def add(a, b):", "Anna went to the park with a"]
 
 
@@ -177,6 +205,7 @@ def test_gpt2_exports_and_two_runs_are_byte_identical(tmp_path: Path) -> None:
     first = tmp_path / "first"
     report = run(_spec(variants=GPT2_LEVELS, prompts=GPT2_PROMPTS), {"model": model}, first)
     assert report["prompts"] == 3 and list(report["variants"]) == GPT2_LEVELS
+    assert report["exporter"]["name"] == "optimum-onnx" and report["genai_config"] is None
     assert report["variants"]["fp32"]["top1_agreement"] == 1.0
     assert report["variants"]["q4"]["top1_agreement"] >= 0.8, report["variants"]["q4"]
     # GPT-2's Conv1D layers are Gemm nodes and its lm_head reads the tied embedding through a
@@ -256,7 +285,7 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
     model = _copy_model(tmp_path)
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "model_type": "bert", "architectures": ["BertForMaskedLM"]}))
-    with pytest.raises(UserError, match=r"model type 'bert' cannot be exported .* llama") as error:
+    with pytest.raises(UserError, match=r"bert \(BertForMaskedLM\) cannot be exported to ONNX for the web; supported: onnxruntime-genai: .*llama.*; optimum-onnx: .*gpt2") as error:
         run(_spec(variants=["q4"]), {"model": model}, tmp_path / "out")
     assert "\n" not in str(error.value)
 
@@ -274,17 +303,3 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
 def test_bad_params(tmp_path: Path, params: dict[str, Any], message: str) -> None:
     with pytest.raises(UserError, match=message):
         run(_spec(**params), {"model": build("llama-a")}, tmp_path / "out")
-
-
-def test_q2_refused_where_onnxruntime_cannot_run_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(onnx_quantize, "q2_supported", lambda: False)
-    with pytest.raises(UserError, match=rf"q2 .*ONNX Runtime {ort.__version__}.*fp32, fp16, q8, q4$"):
-        run(_spec(variants=["q4", "q2"]), {"model": build("llama-a")}, tmp_path / "out")
-    assert not (tmp_path / "out" / "onnx").exists()
-
-
-def test_q2_probe_is_cached_and_matches_what_runs() -> None:
-    first = onnx_quantize.q2_supported()
-    assert onnx_quantize.q2_supported() is first
-    assert onnx_quantize.q2_supported.cache_info().hits >= 1
-    assert ("q2" in supported_levels()) is first

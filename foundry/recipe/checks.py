@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from foundry import modelref, tiny_catalog
+from foundry import exporters, modelref, tiny_catalog
 from foundry.metrics import BUILTIN_SUITES, GENERATION_METRICS, MULTIPLE_CHOICE_METRICS, suite_name
 from foundry.recipe.merge_methods import METHODS, PARAMETER_RANGES
 from foundry.recipe.problems import Problem, did_you_mean
@@ -24,6 +24,7 @@ def check(recipe: Recipe) -> list[Problem]:
     references = list(model_references(recipe))
     problems += _references(references)
     problems += _compatible_shapes(recipe, references)
+    problems += _exportable(recipe, references)
     problems += _stage_sense(recipe)
     problems += _evaluate_sense(recipe)
     return problems
@@ -143,6 +144,18 @@ def _compatible_shapes(recipe: Recipe, references: list[tuple[Loc, str | None]])
             if mine is not None and theirs is not None and mine != theirs:
                 fix = "merge models of one architecture and size" if label == "hidden size" else "set tokenizer_source: union (or base) to reconcile vocabularies"
                 yield Problem(loc, f"{label} {mine} of {text} does not match {theirs} of {first_text}; {fix}")
+
+
+def _exportable(recipe: Recipe, references: list[tuple[Loc, str | None]]) -> Iterator[Problem]:
+    """A family the quantize stage's exporters cannot take is refused here, not minutes into the run."""
+    if recipe.quantize is None:
+        return
+    for loc, text in references:
+        config = modelref.parse(text or "").config()
+        if config is None or exporters.family_of(config) is not None:
+            continue
+        architecture = (config.get("architectures") or ["?"])[0]
+        yield Problem(loc, f"{config.get('model_type')} ({architecture}) of {text} cannot be exported to ONNX for the web, so quantize would refuse it; supported: {exporters.supported_summary()}")
 
 
 def _stage_sense(recipe: Recipe) -> Iterator[Problem]:
