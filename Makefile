@@ -26,6 +26,9 @@ $(STAMP): pyproject.toml
 	# torch first: this exact version resolves to the CPU build; any other spec pulls CUDA.
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -e ".[jobs,test,dev]"
+	# optimum-onnx (GPT-2 and other families the builder does not take) needs transformers < 4.58:
+	# its own small environment inside .venv, sharing torch (jobs/onnx/optimum_env.py).
+	$(BIN)/python -m jobs.onnx.optimum_env
 	# Byte-compile now: start-up time matters for `foundry lint`, even where
 	# PYTHONDONTWRITEBYTECODE keeps Python from caching it at run time.
 	$(BIN)/python -m compileall -q foundry jobs

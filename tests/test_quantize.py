@@ -79,10 +79,12 @@ def test_genai_config_runs_the_q4_graph_natively(llama: tuple[Path, dict[str, An
     config = json.loads((out / "genai_config.json").read_text())
     assert config["model"]["decoder"]["filename"] == "onnx/model_q4.onnx"
     prompt = [5, 6, 7, 8]
-    expected, _ = _greedy_onnx(decoder_session(out / "onnx" / "model_q4.onnx"), prompt, steps=12, eos=set())
+    eos = set(config["model"]["eos_token_id"])
+    expected, _ = _greedy_onnx(decoder_session(out / "onnx" / "model_q4.onnx"), prompt, steps=16, eos=eos)
+    assert len(expected) >= 4
     model = og.Model(str(out))
     params = og.GeneratorParams(model)
-    params.set_search_options(do_sample=False, max_length=len(prompt) + 12, min_length=len(prompt) + 12)
+    params.set_search_options(do_sample=False, max_length=len(prompt) + 16)
     generator = og.Generator(model, params)
     generator.append_tokens(prompt)
     generated = []

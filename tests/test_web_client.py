@@ -144,7 +144,7 @@ def assert_same_tokens(results: dict, reference: dict, site: Path) -> None:
 def test_every_variant_is_published_in_three_chunks_or_more(site: Path) -> None:
     folder = site / "models" / MODEL_ID
     variants = manifest.read(folder)["variants"]
-    assert set(variants) == {"fp32", "fp16", "q8", "q4", "q2"}
+    assert set(variants) == {"fp32", "fp16", "q8", "q4", "q4f16", "q2"}
     config = json.loads((folder / "config.json").read_text())["transformers.js_config"]
     for level, variant in variants.items():
         assert len(variant["chunks"]) >= MIN_CHUNKS, (level, variant["chunks"])

@@ -47,6 +47,7 @@ class VariantSettings:
     float_type: str = "float32"      # activations, KV cache and unquantized weights
     block_size: int = 32             # MatMulNBits block along K
     symmetric: bool = True
+    accuracy_level: int = 0          # MatMulNBits' compute type: 0 = the activations' own (no int8 activations)
     embeddings: str = "float"        # "float" or "int8-per-row"
     unquantized: tuple[str, ...] = ("norms", "biases", "rotary caches")
 
@@ -54,7 +55,7 @@ class VariantSettings:
         record = asdict(self)
         record["unquantized"] = list(self.unquantized)
         if self.weight_bits is None:
-            for key in ("block_size", "symmetric"):
+            for key in ("block_size", "symmetric", "accuracy_level"):
                 record.pop(key)
         return record
 

@@ -58,7 +58,9 @@ if TYPE_CHECKING:
 LOG = logging.getLogger("foundry.publish")
 
 REQUIRED_ROOT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
-OPTIONAL_ROOT_FILES = ("generation_config.json", "special_tokens_map.json", "chat_template.jinja")
+# genai_config.json: onnxruntime-genai's, so the published folder also runs natively (its
+# decoder points at onnx/model_q4.onnx, whose name publish keeps).
+OPTIONAL_ROOT_FILES = ("generation_config.json", "special_tokens_map.json", "chat_template.jinja", "genai_config.json")
 DEFAULT_SHARD_SIZE_MB = 100.0
 QUANTIZE_REPORT = "quantize.json"
 TJS_CONFIG = "transformers.js_config"
@@ -258,7 +260,7 @@ def _copy_root_files(source: Path, out: Path) -> None:
     for name in ("tokenizer.json", *OPTIONAL_ROOT_FILES):
         if (source / name).is_file():
             shutil.copyfile(source / name, out / name)
-        elif name != "chat_template.jinja":
+        elif name not in ("chat_template.jinja", "genai_config.json"):
             LOG.warning("publish: %s has no %s; publishing without it", source, name)
     _write_tokenizer_config(source, out)
 
@@ -317,6 +319,7 @@ def _catalog_variant(record: dict[str, Any], shared_bytes: int) -> dict[str, Any
         "chunks": len(record["chunks"]),
         "sha256": record["sha256"],
         "top1_agreement": record.get("top1_agreement"),
+        "quantization": record.get("quantization"),
     }
 
 
