@@ -96,3 +96,10 @@ def test_a_hub_model_the_registry_does_not_know_is_taken_as_written(tmp_path: Pa
     recipe = load_recipe(path)
     assert recipe.models == [{"model": "Qwen/Qwen2.5-1.5B-Instruct"}, {"model": "Qwen/Qwen2.5-Coder-1.5B-Instruct"}]
     assert "the registry's preset for qwen2.5:1.5b" in path.read_text()
+
+
+def test_init_never_imports_torch(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "foundry", "init", "light.yml", "-m", "qwen3:1.7b"], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "foundry" in imported and not {"torch", "transformers", "peft", "onnxruntime"} & imported
