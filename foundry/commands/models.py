@@ -67,7 +67,8 @@ def list_models(task: str | None, fits: bool, hardware: Hardware | None, as_json
         ]
         if hardware:
             assessed_fit = assessed[preset.alias]
-            row.append(f"{assessed_fit.verdict} ({assessed_fit.method}, {assessed_fit.estimate.total_gib:.1f})")
+            batch = f", batch {assessed_fit.batch_size}" if assessed_fit.batch_size != preset.finetune.batch_size else ""
+            row.append(f"{assessed_fit.verdict} ({assessed_fit.method}{batch}, {assessed_fit.estimate.total_gib:.1f})")
         table.add_row(*row)
     _console.print(table)
     if not presets:

@@ -99,6 +99,8 @@ def shape_from_config(config: dict[str, Any]) -> Shape:
     conv_layers = sum(kind == "conv" for kind in layer_types) if model_type == "lfm2" else 0
     if model_type == "lfm2":
         intermediate = _lfm2_ff_dim(config, intermediate)
+    if model_type == "granitemoehybrid":  # the dense MLP every layer has; intermediate_size is the experts'
+        intermediate = int(config.get("shared_intermediate_size") or intermediate)
     return Shape(
         model_type, hidden, _int(config, "num_hidden_layers"), intermediate, _int(config, "vocab_size"),
         heads, int(config.get("num_key_value_heads") or heads), int(config.get("head_dim") or hidden // heads),
