@@ -117,7 +117,7 @@ def explain(fit: Fit, best: Fit, available_gib: float) -> str:
     if fit is best:
         why = "selected: " + ("the best quality that fits" if fit.verdict == "fits" else "nothing fits comfortably; this is the best that fits at all")
     elif fit.verdict == "does not fit":
-        why = "does not fit"
+        why = "more than the memory at hand, even at batch 1"
     elif _VERDICT_ORDER[fit.verdict] > _VERDICT_ORDER[best.verdict]:
         why = "tight: ranked after what fits comfortably"
     elif fit.preset.quality < best.preset.quality:
