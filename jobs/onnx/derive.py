@@ -13,9 +13,13 @@ quantize.json and models.json):
   symmetric, ORT's own packing routines: the same bytes `MatMulNBitsQuantizer` writes), the
   lm_head included; embedding tables read only by Gathers are stored as int8 with one
   scale per row and dequantized after the Gather (plain ONNX ops every runtime has).
-  A model with tied embeddings keeps the two tables apart: the export already wrote the
-  lm_head as its own transposed matrix, and quantizing each for its own use measured
-  better agreement than one shared 4-bit table (bench_scale reports both).
+  A model with tied embeddings (Qwen2.5, Gemma, GPT-2) keeps one table in q4 and q4f16:
+  the embedding lookup reads the lm_head's own 4-bit blocks through GatherBlockQuantized,
+  as the builder's `shared_embeddings` does. Measured on tiny:gpt2-a (tied, trained) over
+  the default prompts: q4 with separate tables 204,877 bytes at 0.950 top-1 agreement,
+  shared 169,808 bytes (17% smaller) at 0.945 (one position of 181); on Qwen2.5-0.5B's
+  shape the int8 table alone is 136 MB of the q4 file. q8 and q2 keep int8 rows
+  (GatherBlockQuantized takes 4 bits only).
 - float16: every float tensor, value and input/output becomes float16: the KV cache and
   logits included, as transformers.js and onnxruntime-genai expect of fp16 and q4f16
   models (transformers.js sizes its empty cache from the graph's own input types).
@@ -24,9 +28,8 @@ quantize.json and models.json):
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -34,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from jobs.onnx.external_data import ALIGN_THRESHOLD, ALIGNMENT, external_info, uses_external_data
+from jobs.onnx.external_data import ALIGN_THRESHOLD, ALIGNMENT, INLINE_THRESHOLD, external_info, uses_external_data
 
 MS_DOMAIN = "com.microsoft"
 
@@ -48,7 +51,7 @@ class VariantSettings:
     block_size: int = 32             # MatMulNBits block along K
     symmetric: bool = True
     accuracy_level: int = 0          # MatMulNBits' compute type: 0 = the activations' own (no int8 activations)
-    embeddings: str = "float"        # "float" or "int8-per-row"
+    embeddings: str = "float"        # "float", "int8-per-row", or "shared-with-lm-head" (tied; int8 rows otherwise)
     unquantized: tuple[str, ...] = ("norms", "biases", "rotary caches")
 
     def record(self) -> dict[str, object]:
@@ -64,8 +67,8 @@ VARIANTS: dict[str, VariantSettings] = {
     "fp32": VariantSettings(weight_bits=None),
     "fp16": VariantSettings(weight_bits=None, float_type="float16"),
     "q8": VariantSettings(weight_bits=8, embeddings="int8-per-row"),
-    "q4": VariantSettings(weight_bits=4, embeddings="int8-per-row"),
-    "q4f16": VariantSettings(weight_bits=4, float_type="float16", embeddings="int8-per-row"),
+    "q4": VariantSettings(weight_bits=4, embeddings="shared-with-lm-head"),
+    "q4f16": VariantSettings(weight_bits=4, float_type="float16", embeddings="shared-with-lm-head"),
     "q2": VariantSettings(weight_bits=2, embeddings="int8-per-row"),
 }
 
@@ -115,6 +118,10 @@ class VariantWriter:
         self.graph = self.model.graph
         self.source = SourceTensors(source_path, self.graph)
         self.planned: dict[str, _Planned] = {}
+        # source weight -> (packed, scales) of the MatMulNBits that replaced its MatMul
+        self.quantized: dict[str, tuple[str, str]] = {}
+        # the transposed copies made by expose_weight_products: copy -> original
+        self.transposes: dict[str, str] = {}
         for tensor in self.graph.initializer:
             self.planned[tensor.name] = _Planned(_header(tensor), lambda name=tensor.name: self.source.read(name))
 
@@ -125,10 +132,18 @@ class VariantWriter:
         self.planned[name] = _Planned(header, produce)
 
     def add(self, name: str, data_type: int, dims: list[int], produce: Producer) -> str:
-        if name in self.planned:
-            raise ValueError(f"initializer {name} exists already")
+        """A new initializer, named `name` or, where the graph has that name already, `name_2`, ..."""
+        name = self.unique(name)
         self.replace(name, data_type, dims, produce)
         return name
+
+    def unique(self, name: str) -> str:
+        taken = set(self.planned) | set(self.source.tensors) | {value for node in self.graph.node for value in node.output} | {i.name for i in self.graph.input}
+        candidate, index = name, 1
+        while candidate in taken:
+            index += 1
+            candidate = f"{name}_{index}"
+        return candidate
 
     def drop_unused(self) -> None:
         used = {name for node in self.graph.node for name in node.input} | {output.name for output in self.graph.output}
@@ -148,13 +163,18 @@ class VariantWriter:
                 expected = onnx.helper.tensor_dtype_to_np_dtype(planned.tensor.data_type)
                 if array.dtype != expected or list(array.shape) != list(planned.tensor.dims):
                     raise AssertionError(f"{planned.tensor.name}: produced {array.dtype}{list(array.shape)}, planned {expected}{list(planned.tensor.dims)}")
+                tensor = self.graph.initializer.add()
+                tensor.CopyFrom(planned.tensor)
+                if array.nbytes < INLINE_THRESHOLD:
+                    # Small constants stay in the graph, where shape inference can read them
+                    # (a Reshape's shape must be inline); publish keeps them there too.
+                    tensor.raw_data = array.tobytes()
+                    continue
                 offset = data.tell()
                 if array.nbytes > ALIGN_THRESHOLD and offset % ALIGNMENT:
                     data.write(b"\0" * (ALIGNMENT - offset % ALIGNMENT))
                     offset = data.tell()
                 array.tofile(data)
-                tensor = self.graph.initializer.add()
-                tensor.CopyFrom(planned.tensor)
                 tensor.data_location = TensorProto.EXTERNAL
                 for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
                     entry = tensor.external_data.add()
@@ -173,12 +193,14 @@ def _header(tensor: TensorProto) -> TensorProto:
 # --- the transformations ---------------------------------------------------------------------
 
 def expose_weight_products(writer: VariantWriter) -> None:
-    """Give every weight product a MatMul with a constant B, which quantize_matmuls needs.
+    """Give every weight product a MatMul, and every lookup a Gather, over a constant of its own.
 
-    torch-exported graphs (optimum's) hide two: `Gemm` (GPT-2's Conv1D, a 2-D Linear)
-    becomes MatMul + Add, and a MatMul whose B is `Transpose(initializer)` (a tied lm_head
-    reusing the embedding) gets the transposed matrix as its own initializer, so the
-    lm_head is quantized too. The builder's graphs have neither.
+    quantize_matmuls and quantize_embeddings convert a weight read by one node only. Tied
+    embeddings hide that: optimum's graphs feed the lm_head MatMul `Transpose(embedding)`,
+    the builder's feed the embedding Gather `Transpose(lm_head)`; either way the Transpose
+    is replaced by the transposed matrix as an initializer of its own (recorded in
+    `writer.transposes`, so share_tied_embedding can find the pair again). And `Gemm`
+    (GPT-2's Conv1D, a 2-D Linear) becomes MatMul + Add.
     """
     graph = writer.graph
     producers = {output: node for node in graph.node for output in node.output}
@@ -198,12 +220,13 @@ def expose_weight_products(writer: VariantWriter) -> None:
             if len(node.input) > 2:
                 nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
             continue
-        if node.op_type == "MatMul" and node.input[1] in producers:
-            transpose = producers[node.input[1]]
+        position = {"MatMul": 1, "Gather": 0}.get(node.op_type)
+        if position is not None and node.input[position] in producers:
+            transpose = producers[node.input[position]]
             perm = [list(a.ints) for a in transpose.attribute if a.name == "perm"]
             source = writer.source.tensors.get(transpose.input[0]) if transpose.op_type == "Transpose" else None
             if source is not None and len(source.dims) == 2 and perm in ([], [[1, 0]]):
-                node.input[1] = _transposed(writer, source.name, transposed)
+                node.input[position] = _transposed(writer, source.name, transposed)
         nodes.append(node)
     del graph.node[:]
     graph.node.extend(nodes)
@@ -218,9 +241,10 @@ def _transposed(writer: VariantWriter, name: str, done: dict[str, str]) -> str:
     if name not in done:
         rows, columns = (int(d) for d in writer.source.tensors[name].dims)
         source_type = writer.source.tensors[name].data_type
-        done[name] = f"{name}_transposed"
-        writer.source.define(done[name], source_type, [columns, rows], lambda: np.ascontiguousarray(writer.source.read(name).T))
-        writer.add(done[name], source_type, [columns, rows], lambda: writer.source.read(done[name]))
+        copy = writer.add(f"{name}_transposed", source_type, [columns, rows], lambda: writer.source.read(copy))
+        writer.source.define(copy, source_type, [columns, rows], lambda: np.ascontiguousarray(writer.source.read(name).T))
+        writer.transposes[copy] = name
+        done[name] = copy
     return done[name]
 
 
@@ -266,9 +290,61 @@ def quantize_matmuls(writer: VariantWriter, bits: int, block_size: int, float_ty
         node.input.append(scales_name)
         del node.attribute[:]
         node.attribute.extend([helper.make_attribute(key, value) for key, value in (("K", k), ("N", n), ("bits", bits), ("block_size", block_size))])
+        writer.quantized[weight.name] = (packed_name, scales_name)
         converted += 1
     writer.drop_unused()
     return converted
+
+
+def share_tied_embedding(writer: VariantWriter, block_size: int) -> int:
+    """Gather(table[V, H]) -> GatherBlockQuantized over the lm_head's own 4-bit weights, where
+    the lm_head is that table transposed (tied embeddings); returns tables shared.
+
+    One quantized table serves both (as the builder's `shared_embeddings` does): the
+    embedding lookup is then 4-bit too, and the int8 copy of the table is not stored.
+    """
+    readers = _readers(writer.graph)
+    shared = 0
+    nodes: list[onnx.NodeProto] = []
+    for node in writer.graph.node:
+        table = writer.source.tensors.get(node.input[0]) if node.op_type == "Gather" and len(node.input) == 2 else None
+        lm_head = _tied_lm_head(writer, table) if table is not None and table.data_type == TensorProto.FLOAT and len(readers[table.name]) == 1 else None
+        if lm_head is None:
+            nodes.append(node)
+            continue
+        packed, scales = writer.quantized[lm_head]
+        rows, columns = (int(d) for d in table.dims)
+        blocks = (columns + block_size - 1) // block_size
+        flat = writer.add(f"{packed}_rows_shape", TensorProto.INT64, [2], lambda rows=rows, blocks=blocks: np.array([rows, blocks * block_size // 2], dtype=np.int64))
+        prefix, output = node.name or f"{table.name}_gather", node.output[0]
+        gathered = output if blocks * block_size == columns else f"{output}_padded"
+        nodes += [
+            helper.make_node("Reshape", [packed, flat], [f"{packed}_rows"], name=f"{prefix}_rows"),
+            helper.make_node(
+                "GatherBlockQuantized", [f"{packed}_rows", node.input[1], scales], [gathered], name=f"{prefix}_quantized",
+                domain=MS_DOMAIN, bits=4, block_size=block_size, gather_axis=0, quantize_axis=1,
+            ),
+        ]
+        if gathered != output:
+            bounds = [
+                writer.add(f"{prefix}_slice_{name}", TensorProto.INT64, [1], lambda value=value: np.array([value], dtype=np.int64))
+                for name, value in (("start", 0), ("end", columns), ("axis", -1))
+            ]
+            nodes.append(helper.make_node("Slice", [gathered, *bounds], [output], name=f"{prefix}_unpad"))
+        shared += 1
+    if shared:
+        del writer.graph.node[:]
+        writer.graph.node.extend(nodes)
+        writer.drop_unused()
+    return shared
+
+
+def _tied_lm_head(writer: VariantWriter, table: TensorProto) -> str | None:
+    """The quantized weight that is `table` transposed: one of a pair expose_weight_products split."""
+    for name in writer.quantized:
+        if writer.transposes.get(name) == table.name or writer.transposes.get(table.name) == name:
+            return name
+    return None
 
 
 def quantize_embeddings(writer: VariantWriter, float_type: int) -> int:
@@ -346,16 +422,19 @@ def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
-def derive(source: Path, target: Path, data_name: str, variant: str) -> dict[str, object]:
-    """Write variant `variant` of the fp32 graph `source` as `target` plus `data_name` beside it."""
-    settings = VARIANTS[variant]
+def derive(source: Path, target: Path, data_name: str, variant: str, *, settings: VariantSettings | None = None) -> dict[str, object]:
+    """Write variant `variant` of the fp32 graph `source` as `target` plus `data_name` beside it
+    (with `settings` other than the variant's own, for a benchmark)."""
+    settings = settings or VARIANTS[variant]
     float_type = TensorProto.FLOAT16 if settings.float_type == "float16" else TensorProto.FLOAT
     writer = VariantWriter(source)
     counts = {}
     if settings.weight_bits is not None:
         expose_weight_products(writer)
         counts["matmuls_quantized"] = quantize_matmuls(writer, settings.weight_bits, settings.block_size, float_type)
-        if settings.embeddings == "int8-per-row":
+        if settings.embeddings == "shared-with-lm-head":
+            counts["embedding_tables_shared"] = share_tied_embedding(writer, settings.block_size)
+        if settings.embeddings in ("int8-per-row", "shared-with-lm-head"):
             counts["embedding_tables_quantized"] = quantize_embeddings(writer, float_type)
     if float_type == TensorProto.FLOAT16:
         to_float16(writer)
@@ -363,15 +442,3 @@ def derive(source: Path, target: Path, data_name: str, variant: str) -> dict[str
         writer.model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     size = writer.write(target, data_name)
     return {"settings": settings.record(), **counts, "size_bytes": size}
-
-
-def iter_variants(names: list[str]) -> Iterator[tuple[str, VariantSettings]]:
-    for name in names:
-        yield name, VARIANTS[name]
-
-
-if __name__ == "__main__":  # a manual check: python -m jobs.onnx.derive SOURCE TARGET VARIANT
-    import sys
-
-    source, target, variant = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-    print(json.dumps(derive(source, target, target.name + "_data", variant), indent=2))
