@@ -48,6 +48,13 @@ def _merge_method(recipe: Recipe) -> Iterator[Problem]:
     for name in method.required:
         if name not in global_parameters and not _every_model_sets(recipe, name):
             yield Problem(("parameters",), f"merge method {method.name} needs parameter {name!r}")
+    for name in method.per_model:
+        if name in global_parameters:
+            continue
+        for index, model in enumerate(models):
+            exempt = method.base != "ignored" and recipe.base_model is not None and model.get("model") == recipe.base_model
+            if not exempt and name not in (model.get("parameters") or {}):
+                yield Problem(("models", index), f"merge method {method.name} needs parameter {name!r} for each merged model; set it in this model's parameters or globally")
 
 
 def _slices_have_base(recipe: Recipe) -> bool:
