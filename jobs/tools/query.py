@@ -92,11 +92,8 @@ class TorchGenerator:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from jobs.onnx.export import quiet_loaders
-
         self.tokenizer = _tokenizer(folder, trust_remote_code)
-        with quiet_loaders():
-            self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code)
         self.model.eval()
         if torch.cuda.is_available():  # a GPU pod (finetune, evaluate): float32 still, so scores match a CPU's
             self.model.to("cuda")
