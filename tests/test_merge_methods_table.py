@@ -29,3 +29,6 @@ def test_same_input_contract() -> None:
         assert METHODS[name].base == contract.base.value, name
         exact = contract.min_inputs if contract.min_inputs == contract.max_inputs else None
         assert METHODS[name].model_count == exact, name
+        assert METHODS[name].min_models == (1 if exact else contract.min_inputs), name
+        exact_non_base = contract.min_non_base if contract.min_non_base == contract.max_non_base else None
+        assert METHODS[name].non_base_count == exact_non_base, name

@@ -21,8 +21,11 @@ class MergeMethod:
     per_model: tuple[str, ...] = ()
     # Every parameter name mergekit accepts for the method, global or per model.
     accepted: tuple[str, ...] = ()
-    # Exactly this many input models (the base among them), when the method is defined only for that many.
+    # How many input models (the base among them) the method merges: exactly model_count,
+    # or at least min_models; and exactly non_base_count besides the base, where it says so.
     model_count: int | None = None
+    min_models: int = 1
+    non_base_count: int | None = None
 
     @property
     def needs_base_model(self) -> bool:
@@ -41,7 +44,7 @@ METHODS: dict[str, MergeMethod] = {
     for method in (
         MergeMethod("linear", "ignored", per_model=("weight",), accepted=("normalize", "weight")),
         MergeMethod("slerp", "required", required=("t",), accepted=("t",), model_count=2),
-        MergeMethod("nuslerp", "optional", per_model=("weight",), accepted=("nuslerp_row_wise", "nuslerp_flatten", "weight")),
+        MergeMethod("nuslerp", "optional", per_model=("weight",), accepted=("nuslerp_row_wise", "nuslerp_flatten", "weight"), non_base_count=2),
         MergeMethod("multislerp", "optional", per_model=("weight",), accepted=("normalize_weights", "eps", "weight")),
         MergeMethod("karcher", "ignored", accepted=("max_iter", "tol")),
         _task_arithmetic("task_arithmetic"),
@@ -55,7 +58,7 @@ METHODS: dict[str, MergeMethod] = {
         MergeMethod("sce", "required", accepted=("int8_mask", "select_topk")),
         MergeMethod("ram", "required", accepted=("epsilon",)),
         MergeMethod("ramplus_tl", "required", accepted=("r", "alpha", "epsilon")),
-        MergeMethod("model_stock", "required", accepted=("filter_wise",)),
+        MergeMethod("model_stock", "required", accepted=("filter_wise",), min_models=3),
         MergeMethod("nearswap", "required", required=("t",), accepted=("t",), model_count=2),
         MergeMethod("arcee_fusion", "required", model_count=2),
         MergeMethod("passthrough", "ignored", accepted=("scale",), model_count=1),
