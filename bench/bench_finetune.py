@@ -57,7 +57,7 @@ def make_model(folder: Path) -> Path:
 
     torch.manual_seed(0)
     LlamaForCausalLM(LlamaConfig(**SHAPE, tie_word_embeddings=False)).save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         if (build("llama-a") / name).exists():
             shutil.copy2(build("llama-a") / name, folder / name)
     return folder

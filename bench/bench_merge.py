@@ -27,7 +27,7 @@ def make_model(folder: Path, seed: int) -> Path:
 
     torch.manual_seed(seed)
     LlamaForCausalLM(LlamaConfig(**SHAPE)).save_pretrained(folder, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+    for name in ("tokenizer.json", "tokenizer_config.json"):
         shutil.copy2(build("llama-a") / name, folder / name)
     return folder
 

@@ -19,8 +19,9 @@ from typing import Any
 PREFIX = "tiny:"
 
 # Bump when the way tiny models are built changes: it is part of their cache key and of
-# every stage hash that uses them.
-BUILD_VERSION = 1
+# every stage hash that uses them. 2: built with transformers 5 (same weights; config.json
+# has rope_parameters, tokenizer_config.json names TokenizersBackend, no special_tokens_map.json).
+BUILD_VERSION = 2
 
 _SHAPE = {"vocab_size": 512, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4}
 

@@ -79,7 +79,7 @@ def test_output_is_complete_and_safetensors_only(tmp_path: Path) -> None:
     # The recorded configuration is the recipe's, not this machine's cache paths.
     assert "tiny:llama-a" in (out / "mergekit_config.yml").read_text()
     marker = json.loads((out / "_SUCCESS.json").read_text())
-    assert marker["versions"]["mergekit"] == "0.1.4"
+    assert marker["versions"]["mergekit"] == "0.1.5"
     assert {entry["path"] for entry in marker["files"]} == names - {"_SUCCESS.json"}
 
 

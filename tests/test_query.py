@@ -80,5 +80,6 @@ def test_query_command_reads_a_stage_key_from_the_store(tiny: Path, tmp_path: Pa
     result = subprocess.run([sys.executable, "-m", "foundry", "query", "demo/merge-0123456789ab", "Hello!"], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == HELLO and "tokens/s" in result.stderr
+    assert "Loading weights" not in result.stderr  # transformers 5's progress bar
     missing = subprocess.run([sys.executable, "-m", "foundry", "query", "demo/merge-ffffffffffff", "Hello!"], capture_output=True, text=True, env=env)
     assert missing.returncode == 2 and "no committed key 'merge-ffffffffffff' of recipe 'demo'" in missing.stderr

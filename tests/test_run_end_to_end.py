@@ -124,7 +124,7 @@ def test_a_failing_stage_shows_its_error_and_log(tmp_path: Path) -> None:
     (pickled / "config.json").write_text(json.dumps({"model_type": "llama", "vocab_size": 512, "hidden_size": 64}))
     (pickled / "pytorch_model.bin").write_bytes(b"not really a pickle")
     recipe = tmp_path / "r.yml"
-    recipe.write_text(f"models:\n  - model: tiny:llama-a\n  - model: {pickled}\nmerge_method: linear\n")
+    recipe.write_text(f"models:\n  - model: tiny:llama-a\n  - model: {pickled}\nmerge_method: linear\nparameters: {{weight: 0.5}}\n")
     result = foundry("run", str(recipe), cwd=tmp_path)
     assert result.returncode == 2
     assert "weights are pickles only (pytorch_model.bin)" in result.stderr

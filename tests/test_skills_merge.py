@@ -30,7 +30,8 @@ REPO = Path(__file__).resolve().parent.parent
 SUITES = [{"jsonl": str(REPO / "recipes" / "data" / "arith.jsonl")}, {"jsonl": str(REPO / "recipes" / "data" / "reverse.jsonl")}]
 ARITH, REVERSE = "arith.exact_match", "reverse.exact_match"
 
-# Measured on these builds (exact match on 100 held-out questions each; sums, reversals):
+# Measured on these builds (exact match on 100 held-out questions each; sums, reversals),
+# the same under transformers 4.57 + mergekit 0.1.4 and transformers 5.25 + mergekit 0.1.5:
 #   tiny:skills-base                0.00, 0.00
 #   tiny:skills-arith               0.99, 0.00
 #   tiny:skills-reverse             0.00, 1.00

@@ -39,7 +39,8 @@ def test_loads_offline_as_a_complete_hub_model(name: str) -> None:
     folder = build(name)
     spec = CATALOG[name]
     assert folder.name == f"{name}-v{BUILD_VERSION}"
-    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"} <= {p.name for p in folder.iterdir()}
+    # transformers 5 keeps the special tokens in tokenizer_config.json (no special_tokens_map.json).
+    assert {"config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}
     assert not [p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES]
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == [spec.architecture]
@@ -72,9 +73,9 @@ def test_chat_template_renders_and_the_model_answers_in_kind(name: str, expected
     assert tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False) == expected
 
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True)
-    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-    answer = model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, do_sample=False)
-    assert tokenizer.decode(answer[0, prompt.shape[1] :], skip_special_tokens=True).strip() == "Hello! How can I help you today?"
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")  # input_ids and attention_mask
+    answer = model.generate(**prompt, max_new_tokens=16, do_sample=False)
+    assert tokenizer.decode(answer[0, prompt.input_ids.shape[1] :], skip_special_tokens=True).strip() == "Hello! How can I help you today?"
 
 
 @pytest.mark.parametrize("name", FIRST_OF_EACH_FAMILY)

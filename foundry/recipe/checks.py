@@ -5,13 +5,14 @@ disk, so `foundry lint` stays offline and fast. mergekit's own validation still 
 the merge stage; these checks exist to fail before anything starts, with the line.
 """
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from foundry import exporters, modelref, tiny_catalog
 from foundry.metrics import BUILTIN_SUITES, GENERATION_METRICS, MULTIPLE_CHOICE_METRICS, suite_name
-from foundry.recipe.merge_methods import METHODS, PARAMETER_RANGES
+from foundry.recipe.merge_methods import METHODS, PARAMETER_RANGES, MergeMethod
 from foundry.recipe.problems import Problem, did_you_mean
 from foundry.recipe.references import model_references
 from foundry.recipe.schema import MERGEKIT_KEYS, Recipe
@@ -43,12 +44,32 @@ def _merge_method(recipe: Recipe) -> Iterator[Problem]:
         return
     if method.needs_base_model and recipe.base_model is None and not _slices_have_base(recipe):
         yield Problem(("base_model",), f"merge method {method.name} needs a base_model; name one of the models")
-    if method.model_count and recipe.models and len(recipe.models) != method.model_count:
-        yield Problem(("models",), f"merge method {method.name} merges exactly {method.model_count} models, got {len(recipe.models)}")
+    if models:
+        yield from _model_counts(recipe, method)
     global_parameters = recipe.parameters or {}
     for name in method.required:
         if name not in global_parameters and not _every_model_sets(recipe, name):
             yield Problem(("parameters",), f"merge method {method.name} needs parameter {name!r}")
+    for name in method.per_model:
+        if name in global_parameters:
+            continue
+        for index, model in enumerate(models):
+            exempt = method.base != "ignored" and recipe.base_model is not None and model.get("model") == recipe.base_model
+            if not exempt and name not in (model.get("parameters") or {}):
+                yield Problem(("models", index), f"merge method {method.name} needs parameter {name!r} for each merged model; set it in this model's parameters or globally")
+
+
+def _model_counts(recipe: Recipe, method: MergeMethod) -> Iterator[Problem]:
+    """mergekit counts distinct inputs, the base model among them unless the method ignores it."""
+    named = {json.dumps(model.get("model"), sort_keys=True) for model in recipe.models or []}
+    base = json.dumps(recipe.base_model, sort_keys=True) if recipe.base_model is not None and method.base != "ignored" else None
+    inputs = len(named | ({base} if base else set()))
+    if method.model_count and inputs != method.model_count:
+        yield Problem(("models",), f"merge method {method.name} merges exactly {method.model_count} models, got {inputs}")
+    if inputs < method.min_models:
+        yield Problem(("models",), f"merge method {method.name} merges at least {method.min_models} models (the base_model among them), got {inputs}")
+    if method.non_base_count and len(named - {base}) != method.non_base_count:
+        yield Problem(("models",), f"merge method {method.name} merges exactly {method.non_base_count} models besides the base_model, got {len(named - {base})}")
 
 
 def _slices_have_base(recipe: Recipe) -> bool:

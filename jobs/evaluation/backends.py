@@ -146,13 +146,13 @@ class TorchScorer:
             scores = ends[owner, torch.from_numpy(batch.first).to(device)]
             if len(batch.longer):
                 longer = torch.from_numpy(batch.longer).to(device)
-                cache = first.past_key_values
+                cache = first.cache  # transformers 5.25 renamed past_key_values to cache
                 cache.batch_select_indices(owner[longer])
                 feed_mask = torch.from_numpy(batch.feed_mask).to(device)
                 positions = (last[owner[longer]] + 1)[:, None] + torch.arange(feed_mask.shape[1], device=device)[None, :]
                 logits = self.model(
                     input_ids=torch.from_numpy(batch.feed_ids).to(device), attention_mask=self._cache_mask(mask[owner[longer]], feed_mask.shape[1]),
-                    position_ids=positions, past_key_values=cache, use_cache=False,
+                    position_ids=positions, cache=cache, use_cache=False,
                 ).logits
                 picked = logits.float().log_softmax(-1).gather(-1, torch.from_numpy(batch.targets).to(device)[..., None])[..., 0]
                 scores = scores.index_add(0, longer, (picked * feed_mask).sum(-1))

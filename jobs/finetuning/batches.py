@@ -5,7 +5,7 @@ preset's template family) and tokenized once; tokens of the assistant turns carr
 every other token -100, so the loss is on completions only.
 
 Packing puts several examples in one row of at most max_length tokens with position ids
-that restart at each example and no attention mask. transformers (4.57) reads the restarts
+that restart at each example and no attention mask. transformers (5.25) reads the restarts
 as sequence boundaries in a forward without a KV cache (training passes use_cache=False):
 with SDPA or eager attention it builds a block-diagonal causal mask
 (masking_utils.find_packed_sequence_indices), with flash-attention it runs variable-length

@@ -184,8 +184,6 @@ def _load_for_training(model_dir: Path, device: Any, qlora: bool, params: dict[s
     import torch
     from transformers import AutoModelForCausalLM
 
-    from jobs.onnx.export import quiet_loaders
-
     options: dict[str, Any] = {"trust_remote_code": bool(params.get("trust_remote_code"))}
     if device.type == "cuda":
         # bf16 where the GPU has it (no loss scaling needed); fp32 otherwise, and on a CPU.
@@ -198,8 +196,7 @@ def _load_for_training(model_dir: Path, device: Any, qlora: bool, params: dict[s
             options["device_map"] = {"": device.index or 0}
     else:
         options["dtype"] = torch.float32
-    with quiet_loaders():
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **options)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, **options)
     if not qlora:
         model.to(device)
     if qlora:
@@ -301,12 +298,9 @@ def _merge(model_dir: Path, out: Path, tokenizer: Any, params: dict[str, Any]) -
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from jobs.onnx.export import quiet_loaders
-
     config = json.loads((model_dir / "config.json").read_text())
-    dtype = getattr(torch, str(config.get("torch_dtype") or config.get("dtype") or "float32"), torch.float32)
-    with quiet_loaders():
-        base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=bool(params.get("trust_remote_code")))
+    dtype = getattr(torch, str(config.get("dtype") or config.get("torch_dtype") or "float32"), torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, trust_remote_code=bool(params.get("trust_remote_code")))
     merged = PeftModel.from_pretrained(base, out / ADAPTER_FOLDER).merge_and_unload()
     merged.save_pretrained(out, safe_serialization=True)
     _mark_dtype(out / "config.json", str(dtype).removeprefix("torch."))
@@ -316,7 +310,7 @@ def _merge(model_dir: Path, out: Path, tokenizer: Any, params: dict[str, Any]) -
 
 
 def _mark_dtype(config_json: Path, dtype: str) -> None:
-    """transformers writes `dtype`; mergekit, optimum and transformers.js read `torch_dtype`."""
+    """transformers writes `dtype`; readers built on transformers before 4.56 read `torch_dtype`."""
     config = json.loads(config_json.read_text())
     config["torch_dtype"] = config["dtype"] = dtype
     config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

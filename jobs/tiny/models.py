@@ -195,8 +195,8 @@ def _new_model(spec: TinySpec, family: _Family, tokenizer: PreTrainedTokenizerFa
 
 
 def _mark_float32(config_json: Path) -> None:
-    """transformers writes `dtype`; older readers (mergekit, transformers.js, optimum)
-    look for `torch_dtype`, so write both."""
+    """transformers writes `dtype`; readers built on older transformers (before 4.56) look for
+    `torch_dtype`, so write both."""
     config = json.loads(config_json.read_text())
     config["torch_dtype"] = config["dtype"] = "float32"
     config_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -10,6 +10,7 @@ answers is what a browser running that variant answers.
 import json
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,15 +88,28 @@ def stop_ids(folder: Path, tokenizer: Any) -> set[int]:
     return ids
 
 
+@contextmanager
+def _no_progress_bar() -> Iterator[None]:
+    """transformers 5 draws a "Loading weights" bar on every load: noise before an answer in
+    the user's terminal, and in every evaluate log."""
+    from transformers.utils import logging
+
+    shown = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            logging.enable_progress_bar()
+
+
 class TorchGenerator:
     def __init__(self, folder: Path, *, trust_remote_code: bool = False) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from jobs.onnx.export import quiet_loaders
-
         self.tokenizer = _tokenizer(folder, trust_remote_code)
-        with quiet_loaders():
+        with _no_progress_bar():
             self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust_remote_code)
         self.model.eval()
         if torch.cuda.is_available():  # a GPU pod (finetune, evaluate): float32 still, so scores match a CPU's
