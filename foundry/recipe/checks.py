@@ -171,8 +171,10 @@ def _stage_sense(recipe: Recipe) -> Iterator[Problem]:
             yield Problem(("sweep",), f"a sweep quantizes and publishes only its best point; {fix}")
     if recipe.finetune is not None:
         dataset = recipe.finetune.dataset
-        if "://" not in dataset and not Path(os.path.expanduser(dataset)).exists():
-            yield Problem(("finetune", "dataset"), f"dataset file {dataset!r} does not exist; check the path (read from the current directory)")
+        path = Path(os.path.expanduser(dataset))
+        if "://" not in dataset and not path.is_file():
+            what = "is not a regular file" if path.exists() else "does not exist"
+            yield Problem(("finetune", "dataset"), f"dataset file {dataset!r} {what}; check the path (read from the current directory)")
 
 
 def _evaluate_sense(recipe: Recipe) -> Iterator[Problem]:
