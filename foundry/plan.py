@@ -176,9 +176,11 @@ def _identity(reference: str) -> Any:
     if ref.kind == "tiny":
         return [reference, tiny_catalog.BUILD_VERSION]
     if ref.kind == "local":
+        # The files a loader reads (modelref.model_files), by size and modification time:
+        # re-saving a model changes the key, without reading gigabytes of weights per plan.
         folder = ref.local_path
-        files = sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else []
-        return [str(folder.resolve()), [[p.relative_to(folder).as_posix(), p.stat().st_size, p.stat().st_mtime_ns] for p in files]]
+        files = [(path.name, path.stat()) for path in modelref.model_files(folder)] if folder.is_dir() else []
+        return [str(folder.resolve()), [[name, stat.st_size, stat.st_mtime_ns] for name, stat in files]]
     return [reference]
 
 

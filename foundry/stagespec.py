@@ -9,9 +9,13 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from foundry.errors import UserError
+from foundry.smallfile import UnreadableFile, read_small
 
 StageName = Literal["merge", "finetune", "evaluate", "quantize", "publish"]
+MAX_SPEC_BYTES = 16 * 1024 * 1024  # a ConfigMap holds at most 1 MiB
 STAGE_ORDER: tuple[StageName, ...] = ("merge", "finetune", "evaluate", "quantize", "publish")
 
 
@@ -44,4 +48,17 @@ class StageSpec(BaseModel):
 
     @classmethod
     def read(cls, path: Path) -> "StageSpec":
-        return cls.model_validate_json(path.read_text())
+        """The spec in `path`; a UserError (exit 2: the cluster fails the pod at once instead
+        of retrying it) naming the first wrong field when the file is not a stage spec."""
+        try:
+            return cls.model_validate_json(read_small(path, MAX_SPEC_BYTES))
+        except FileNotFoundError:
+            raise UserError(f"stage spec {path}: no such file") from None
+        except UnreadableFile as error:
+            raise UserError(f"stage spec {path}: {error}") from None
+        except ValidationError as error:
+            first = error.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first["loc"])
+            problem = first["msg"].removeprefix("Value error, ")
+            more = f" (and {error.error_count() - 1} more)" if error.error_count() > 1 else ""
+            raise UserError(f"stage spec {path}: {where + ': ' if where else ''}{problem}{more}; specs are written by foundry run and submit from a recipe") from None

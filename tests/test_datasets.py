@@ -56,6 +56,16 @@ def test_json_and_csv_files(tmp_path: Path) -> None:
         ("empty.jsonl", "\n\n", "empty.jsonl: the dataset is empty"),
         ("array.json", '[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": "a",\n   "completion": null}\n]\n', "array.json:3: 'completion' must be a string, got null"),
         ("table.csv", "prompt,completion\na,b\n\"two\nlines\",b\nc,\n", "table.csv:5: missing 'completion'"),
+        ("deep.jsonl", '{"prompt": "a", "completion": "b"}\n{"prompt": ' + "[" * 100_000 + "\n", "deep.jsonl:2: JSON nested too deeply"),
+        ("deep.json", '[\n  {"prompt": "a", "completion": "b"},\n  ' + "[" * 100_000 + "\n]", "deep.json:3: JSON nested too deeply"),
+        ("deep.csv", "messages\n" + "[" * 100_000 + "\n", "deep.csv:2: JSON nested too deeply"),
+        ("surrogate.jsonl", '{"prompt": "a\\ud800", "completion": "b"}\n', "surrogate.jsonl:1: 'prompt' holds a lone surrogate (\\ud800) at character 1, not text"),
+        (
+            "long-role.jsonl", '{"messages": [{"role": "' + "x" * 300_000 + '", "content": "a"}]}\n',
+            "long-role.jsonl:1: messages[0].role must be one of system, user, assistant, tool, got '" + "x" * 59 + "... (300002 characters)",
+        ),
+        ("truncated.json", '[\n  {"prompt": "a", "completion": "b"},\n  {"prompt": "a", "compl', "truncated.json:3: not valid JSON"),
+        ("list-row.jsonl", '{"prompt": "a", "completion": "b"}\n[1, 2]\n', "list-row.jsonl:2: a row is a JSON object"),
     ],
 )
 def test_bad_rows_name_the_file_and_line(tmp_path: Path, name: str, text: str, message: str) -> None:
@@ -64,6 +74,27 @@ def test_bad_rows_name_the_file_and_line(tmp_path: Path, name: str, text: str, m
     with pytest.raises(UserError) as error:
         read_dataset(path)
     assert str(error.value).startswith(str(tmp_path / message.split(":", 1)[0]) + message[len(message.split(":", 1)[0]):])
+
+
+def test_bytes_that_are_not_utf8_are_named_with_their_line(tmp_path: Path) -> None:
+    path = tmp_path / "latin.jsonl"
+    path.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9", "completion": "b"}\n')
+    with pytest.raises(UserError, match=r"latin.jsonl:2: not UTF-8 text \(byte 0xe9\)"):
+        read_dataset(path)
+
+
+def test_a_row_ends_at_a_newline_only(tmp_path: Path) -> None:
+    path = tmp_path / "separators.jsonl"
+    path.write_text(json.dumps({"prompt": "one\u2028two\x85three", "completion": "b"}, ensure_ascii=False) + "\n")
+    assert read_dataset(path).chats()[0][0]["content"] == "one\u2028two\x85three"
+
+
+def test_a_path_that_is_not_a_dataset_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "zero.jsonl").symlink_to("/dev/zero")
+    (tmp_path / "folder.jsonl").mkdir()
+    for name, message in (("zero.jsonl", "not a regular file"), ("folder.jsonl", "not a regular file"), ("~nosuchuser/x.jsonl", "no such dataset file")):
+        with pytest.raises(UserError, match=message):
+            read_dataset(name if name.startswith("~") else tmp_path / name)
 
 
 def test_split_is_seeded_disjoint_and_complete() -> None:

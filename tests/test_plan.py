@@ -81,3 +81,20 @@ def test_only_publish_keys_the_gate_which_quantize_and_publish_carry(tmp_path: P
         assert quantize.gate == publish.gate == publish.params["gate"] == rules
         keys[threshold] = (evaluate.key, quantize.key, publish.key)
     assert keys["0.45"][:2] == keys["0.6"][:2] and keys["0.45"][2] != keys["0.6"][2]
+
+
+def test_a_local_model_is_keyed_by_the_files_a_loader_reads_at_its_top_level(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    (model / "checkpoints" / "step-100").mkdir(parents=True)
+    (model / "config.json").write_text('{"model_type": "llama", "hidden_size": 64, "vocab_size": 512}')
+    (model / "model.safetensors").write_bytes(b"0" * 64)
+    recipe = f"models: [{{model: tiny:llama-a}}, {{model: {model}}}]\nmerge_method: linear\n"
+    before = keys(tmp_path, recipe)
+    (model / "checkpoints" / "step-100" / "model.safetensors").write_bytes(b"1" * 64)  # below the top: not read
+    (model / "README.md").write_text("notes")  # not a file a loader reads
+    assert keys(tmp_path, recipe) == before
+    (model / "tokenizer.json").write_text("{}")
+    with_tokenizer = keys(tmp_path, recipe)
+    assert with_tokenizer != before
+    (model / "model.safetensors").write_bytes(b"0" * 65)
+    assert keys(tmp_path, recipe) != with_tokenizer

@@ -16,7 +16,7 @@ BAD_RECIPES = sorted(BAD.glob("*.yml"))
 
 
 def _expectation(path: Path) -> tuple[str, int]:
-    text = path.read_text()
+    text = path.read_bytes().decode("utf-8", errors="replace")  # some are not UTF-8 on purpose
     return re.search(r"# expect: (.*)", text).group(1), int(re.search(r"# line: (\d+)", text).group(1))
 
 
@@ -111,3 +111,46 @@ def test_schema_command_prints_a_json_schema_of_every_key() -> None:
     for key in ("models", "merge_method", "quantize", "publish", "sweep", "finetune", "evaluate"):
         assert key in schema["properties"]
     assert "name" not in schema.get("required", [])
+
+
+def _fifo(path: Path) -> None:
+    import os
+
+    os.mkfifo(path)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda path: path.symlink_to(path.name), "cannot be read (Too many levels of symbolic links)"),
+        (lambda path: path.symlink_to("/dev/zero"), "a device, pipe or socket, not a regular file"),
+        (_fifo, "a device, pipe or socket, not a regular file"),  # opening it would wait for a writer
+        (lambda path: path.symlink_to("/proc/self/environ"), ":1: invalid YAML: a character YAML does not allow (#x0000)"),
+        (lambda path: path.write_text("# " + "x" * (1024 * 1024) + "\n"), "larger than 1024 KiB"),
+    ],
+    ids=["symlink-loop", "dev-zero", "fifo", "proc-environ", "too-large"],
+)
+def test_a_recipe_path_that_is_no_recipe_file_is_refused_in_one_line(tmp_path: Path, make, expected: str) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "r.yml"
+    make(path)
+    with pytest.raises(UserError) as caught:
+        load_recipe(path)
+    assert caught.value.lines() == [str(caught.value)] and expected in str(caught.value), caught.value.lines()
+    assert "PATH=" not in str(caught.value)  # the environment is never quoted
+
+
+def test_cli_refuses_a_billion_laughs_and_a_root_model_folder_in_one_line_each(tmp_path: Path) -> None:
+    for name in ("39-billion-laughs.yml", "47-root-as-model.yml"):
+        for command in (["lint"], ["plan", "--store", str(tmp_path)]):
+            result = _foundry(*command, name, cwd=BAD)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1, result.stderr[:2000]
+
+
+def test_many_problems_are_cut_to_a_readable_number(tmp_path: Path) -> None:
+    recipe = tmp_path / "many.yml"
+    recipe.write_text("models: [{model: tiny:llama-a}, {model: tiny:llama-b}]\nmerge_method: slerp\nbase_model: tiny:llama-a\nparameters:\n  t: [" + ", ".join(["2"] * 500) + "]\n")
+    with pytest.raises(UserError) as caught:
+        load_recipe(recipe)
+    lines = caught.value.lines()
+    assert len(lines) == 31 and lines[-1] == f"{recipe}: and 470 more problems; fix these first"

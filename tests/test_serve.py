@@ -172,6 +172,25 @@ def test_models_lists_the_catalogue_and_unknown_models_are_404(client: Any, serv
     ("/v1/chat/completions", json.dumps({"model": MODEL_ID, "messages": user("Hi"), "n": 2}).encode(), 400, "n", "invalid_value"),
     ("/v1/completions", json.dumps({"model": MODEL_ID, "prompt": 12}).encode(), 400, "prompt", "invalid_type"),
     ("/v1/embeddings", json.dumps({"model": MODEL_ID, "input": "x"}).encode(), 404, None, None),
+    # What an adversarial run found answered 500 with a traceback, and their neighbours.
+    ("/v1/chat/completions", json.dumps({"model": MODEL_ID, "messages": user("Hi"), "seed": -1}).encode(), 400, "seed", "invalid_value"),
+    ("/v1/chat/completions", json.dumps({"model": MODEL_ID, "messages": user("Hi"), "seed": 2**64}).encode(), 400, "seed", "invalid_value"),
+    ("/v1/chat/completions", b"[" * 100_000 + b"]" * 100_000, 400, None, "invalid_json"),
+    ("/v1/chat/completions", b'{"model": "tiny-serve", "messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", 400, None, "invalid_json"),
+    ("/v1/chat/completions", b'{"model": "tiny-serve", "messages": [{"role": "user", "content": "Hi \\ud800"}]}', 400, "messages[0].content", "invalid_value"),
+    ("/v1/chat/completions", b'{"model": "tiny-serve", "messages": [{"role": "user", "content": [{"type": "text", "text": "\\udfff"}]}]}', 400, "messages[0].content", "invalid_value"),
+    ("/v1/chat/completions", b'{"model": "\\ud800", "messages": [{"role": "user", "content": "Hi"}]}', 400, "model", "invalid_value"),
+    ("/v1/chat/completions", b'{"model": "tiny-serve", "messages": [{"role": "user", "content": "Hi"}], "stop": ["\\ud800"]}', 400, "stop", "invalid_value"),
+    ("/v1/completions", b'{"model": "tiny-serve", "prompt": ["\\ud800"]}', 400, "prompt", "invalid_value"),
+    ("/v1/chat/completions", b'{"model": "tiny-serve", "messages": [{"role": "user", "content": "Hi"}], "temperature": NaN}', 400, "temperature", "invalid_value"),
+    ("/v1/chat/completions", b'{"model": "tiny-serve", "messages": [{"role": "user", "content": "Hi"}], "top_p": Infinity}', 400, "top_p", "invalid_value"),
+    ("/v1/chat/completions", b'{"model": "tiny-serve", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1e999}', 400, "max_tokens", "invalid_type"),
+    ("/v1/chat/completions", json.dumps({"model": MODEL_ID, "messages": user("Hi"), "max_tokens": 10**30}).encode(), 400, "messages", "context_length_exceeded"),
+    ("/v1/chat/completions", json.dumps({"model": MODEL_ID, "messages": [["user", "Hi"]]}).encode(), 400, "messages[0]", "invalid_type"),
+    ("/v1/chat/completions", json.dumps({"model": MODEL_ID, "messages": user("Hi"), "stream_options": []}).encode(), 400, "stream_options", "invalid_type"),
+    ("/v1/chat/completions", "{}".encode("utf-16"), 400, "messages", "missing_required_parameter"),
+    ("/v1/chat/completions", b"\xff\xfe\xfd", 400, None, None),
+    ("/v1/chat/completions", b"", 400, None, None),
 ])
 def test_malformed_requests_get_openai_error_bodies(server: Any, path: str, body: bytes, status: int, param: str | None, code: str | None) -> None:
     got, headers, data = request(server, "POST", path, body, {"Content-Type": "application/json"})
@@ -179,6 +198,18 @@ def test_malformed_requests_get_openai_error_bodies(server: Any, path: str, body
     assert (got, error["param"], error["code"], error["type"]) == (status, param, code, "invalid_request_error")
     assert set(error) == {"message", "type", "param", "code"} and error["message"]
     assert headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize("length", ["²", "¹²", "-1", "1e3"])
+def test_a_content_length_that_is_no_ascii_number_is_refused(server: Any, length: str) -> None:
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=60) as connection:
+        connection.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + length.encode("latin-1") + b"\r\n\r\n{}")
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 411 ") and json.loads(body)["error"]["code"] == "length_required"
 
 
 def test_fifty_concurrent_requests_all_complete_with_the_right_answers(client: Any, reference: Any, server: Any) -> None:

@@ -6,6 +6,7 @@ the merge stage; these checks exist to fail before anything starts, with the lin
 """
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,8 @@ def _references(references: list[tuple[Loc, str | None]]) -> Iterator[Problem]:
         if ref.kind == "tiny" and tiny_catalog.lookup(text) is None:
             name = text.removeprefix(tiny_catalog.PREFIX)
             yield Problem(loc, f"unknown tiny model {name!r}{did_you_mean(name, tiny_catalog.CATALOG)}; available: {', '.join(tiny_catalog.CATALOG)}")
-        elif ref.kind == "local" and not ref.local_path.is_dir():
-            yield Problem(loc, f"model folder {ref.path!r} does not exist (relative paths are read from the current directory); check the path, or write a hub id as org/name")
+        elif ref.kind == "local" and (problem := ref.folder_problem()):
+            yield Problem(loc, problem)
 
 
 def _compatible_shapes(recipe: Recipe, references: list[tuple[Loc, str | None]]) -> Iterator[Problem]:
@@ -204,8 +205,10 @@ def _stage_sense(recipe: Recipe) -> Iterator[Problem]:
             yield Problem(("sweep",), f"a sweep quantizes and publishes only its best point; {fix}")
     if recipe.finetune is not None:
         dataset = recipe.finetune.dataset
-        if "://" not in dataset and not Path(dataset).expanduser().exists():
-            yield Problem(("finetune", "dataset"), f"dataset file {dataset!r} does not exist; check the path (read from the current directory)")
+        path = Path(os.path.expanduser(dataset))
+        if "://" not in dataset and not path.is_file():
+            what = "is not a regular file" if path.exists() else "does not exist"
+            yield Problem(("finetune", "dataset"), f"dataset file {dataset!r} {what}; check the path (read from the current directory)")
 
 
 def _evaluate_sense(recipe: Recipe) -> Iterator[Problem]:
@@ -219,7 +222,7 @@ def _evaluate_sense(recipe: Recipe) -> Iterator[Problem]:
         if isinstance(suite, str) and suite not in BUILTIN_SUITES:
             yield Problem(("evaluate", "suites", index), f"unknown suite {suite!r}{did_you_mean(suite, BUILTIN_SUITES)}; builtins are {', '.join(BUILTIN_SUITES)}, or write {{jsonl: PATH}}")
             continue
-        if not isinstance(suite, str) and "://" not in suite.jsonl and not Path(suite.jsonl).expanduser().is_file():
+        if not isinstance(suite, str) and "://" not in suite.jsonl and not Path(os.path.expanduser(suite.jsonl)).is_file():
             yield Problem(("evaluate", "suites", index, "jsonl"), f"suite file {suite.jsonl!r} does not exist; check the path (read from the current directory)")
         if name in kinds:
             yield Problem(("evaluate", "suites", index), f"a second suite named {name!r}; metric names are <suite>.<metric>, so give the files different names")

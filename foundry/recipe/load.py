@@ -16,7 +16,11 @@ from foundry.recipe import checks
 from foundry.recipe.problems import Problem, did_you_mean
 from foundry.recipe.schema import MERGEKIT_KEYS, SAFE_NAME, Recipe
 from foundry.recipe.yamlsource import Loc, YamlSource, YamlSyntaxError, read_yaml
+from foundry.smallfile import UnreadableFile
 
+# Enough to see a pattern in; a generated recipe with a mistake in every value would
+# otherwise print one line per value.
+MAX_PROBLEMS = 30
 FOUNDRY_KEYS = tuple(name for name in Recipe.model_fields if name not in MERGEKIT_KEYS)
 
 
@@ -35,7 +39,9 @@ def load_recipe(path: Path) -> Recipe:
         problems += checks.check(recipe)
     if problems:
         problems.sort(key=lambda problem: source.line_of(problem.loc))
-        lines = [problem.render(path, source.line_of(problem.loc)) for problem in problems]
+        lines = [problem.render(path, source.line_of(problem.loc)) for problem in problems[:MAX_PROBLEMS]]
+        if len(problems) > MAX_PROBLEMS:
+            lines.append(f"{path}: and {len(problems) - MAX_PROBLEMS} more problems; fix these first")
         raise UserError(lines[0], details=lines[1:])
     assert recipe is not None
     return recipe
@@ -55,10 +61,10 @@ def _read(path: Path) -> YamlSource:
         source = read_yaml(path)
     except FileNotFoundError:
         raise UserError(f"{path}: no such recipe file; check the path") from None
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text; a recipe is a YAML file") from None
+    except UnreadableFile as error:
+        raise UserError(f"{path}: {error}; a recipe is a YAML file") from None
     except YamlSyntaxError as error:
-        raise UserError(f"{path}:{error.line}: invalid YAML: {error}") from None
+        raise UserError(f"{path}:{error.line}: {error}") from None
     if source.data is None:
         raise UserError(f"{path}:1: the recipe is empty; expected a mapping with at least `models:` (see recipes/tiny-demo.yml)")
     if not isinstance(source.data, dict):

@@ -18,6 +18,7 @@ from typing import Any
 from foundry.serve.target import ServedModel
 
 MAX_STOP_SEQUENCES = 4
+MAX_SEED = 2**63 - 1  # OpenAI's seed is an int64; the sampler's generator takes seeds >= 0
 ROLES = ("system", "developer", "user", "assistant")
 
 
@@ -69,7 +70,7 @@ def parse_completion(body: bytes) -> GenerationRequest:
     if isinstance(prompt, list):
         if len(prompt) != 1 or not isinstance(prompt[0], str):
             raise ApiError(400, "Invalid 'prompt': foundry serve takes one prompt, a string (or a list holding one string).", param="prompt", code="invalid_value")
-        prompt = prompt[0]
+        prompt = _text(prompt[0], "prompt")
     return _request(data, messages=None, prompt=prompt, max_tokens=_optional(data, "max_tokens", int))
 
 
@@ -92,7 +93,7 @@ def _request(data: dict[str, Any], *, messages: list[dict[str, str]] | None, pro
     stream_options = _optional(data, "stream_options", dict) or {}
     return GenerationRequest(
         model=model, messages=messages, prompt=prompt, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
-        seed=_optional(data, "seed", int), stop=_stop(data.get("stop")), stream=bool(_optional(data, "stream", bool)),
+        seed=_seed(data), stop=_stop(data.get("stop")), stream=bool(_optional(data, "stream", bool)),
         include_usage=bool(_field(stream_options, "include_usage", bool, "stream_options.include_usage")),
         ignore_eos=bool(_optional(data, "ignore_eos", bool)),
     )
@@ -101,6 +102,8 @@ def _request(data: dict[str, Any], *, messages: list[dict[str, str]] | None, pro
 def _object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
+    except RecursionError:
+        raise ApiError(400, "Invalid request body: JSON nested too deeply.", code="invalid_json") from None
     except (ValueError, UnicodeDecodeError):
         raise ApiError(400, "We could not parse the JSON body of your request. (HINT: This likely means you aren't using your HTTP library correctly. "
                             "The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)") from None
@@ -120,7 +123,7 @@ def _message(message: Any, index: int) -> dict[str, str]:
     if isinstance(content, list):
         if not all(isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) for part in content):
             raise ApiError(400, f"Invalid '{where}.content': foundry serve takes text parts only ({{\"type\": \"text\", \"text\": ...}}).", param=f"{where}.content", code="invalid_value")
-        content = "".join(part["text"] for part in content)
+        content = "".join(_text(part["text"], f"{where}.content") for part in content)
     return {"role": "system" if role == "developer" else role, "content": content}
 
 
@@ -130,6 +133,8 @@ def _stop(value: Any) -> tuple[str, ...]:
     stops = [value] if isinstance(value, str) else value
     if not isinstance(stops, list) or not all(isinstance(stop, str) for stop in stops):
         raise ApiError(400, f"Invalid type for 'stop': expected a string or an array of strings, but got {_json_type(value)} instead.", param="stop", code="invalid_type")
+    for stop in stops:
+        _text(stop, "stop")
     if len(stops) > MAX_STOP_SEQUENCES:
         raise ApiError(400, f"Invalid 'stop': array too long. Expected an array with maximum length {MAX_STOP_SEQUENCES}, but got {len(stops)} instead.", param="stop", code="array_above_max_length")
     return tuple(stop for stop in stops if stop)
@@ -155,7 +160,26 @@ def _field(data: dict[str, Any], name: str, kind: Any, param: str, *, required: 
     if (isinstance(value, bool) and bool not in kinds) or not (isinstance(value, kinds) or number):
         expected = " or ".join(_JSON_NAMES[k] for k in kinds)
         raise ApiError(400, f"Invalid type for '{param}': expected {expected}, but got {_json_type(value)} instead.", param=param, code="invalid_type")
+    if isinstance(value, str):
+        _text(value, param)
     return float(value) if number else value
+
+
+def _text(value: str, param: str) -> str:
+    """A string that is text: JSON's escapes can make a lone surrogate (\\ud800), which no
+    tokenizer, and no UTF-8 response quoting it, can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ApiError(400, f"Invalid '{param}': a lone surrogate (\\u{ord(value[error.start]):04x}) at character {error.start} is not text.", param=param, code="invalid_value") from None
+    return value
+
+
+def _seed(data: dict[str, Any]) -> int | None:
+    seed = _optional(data, "seed", int)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise ApiError(400, f"Invalid 'seed': expected a value from 0 to {MAX_SEED}, but got {seed} instead.", param="seed", code="invalid_value")
+    return seed
 
 
 _JSON_NAMES = {str: "a string", int: "an integer", float: "a decimal", bool: "a boolean", list: "an array", dict: "an object"}

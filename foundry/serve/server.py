@@ -202,7 +202,8 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         """The request body, read whole so that the connection can carry the next request."""
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit() or "Transfer-Encoding" in self.headers:
+        # isdigit() alone takes "²" and "١٢", which int() then refuses.
+        if length is None or not (length.isascii() and length.isdigit()) or "Transfer-Encoding" in self.headers:
             self.close_connection = True
             raise ApiError(411, "A request body needs a Content-Length header.", code="length_required")
         if int(length) > MAX_BODY_BYTES:
@@ -326,7 +327,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
     def _send_json(self, status: int, value: dict[str, Any]) -> None:
-        self._send_body(status, json.dumps(value, ensure_ascii=False).encode(), "application/json")
+        # backslashreplace writes a lone surrogate as its JSON escape: the body stays valid JSON.
+        self._send_body(status, json.dumps(value, ensure_ascii=False).encode("utf-8", "backslashreplace"), "application/json")
 
     def _send_text(self, status: int, text: str, headers: dict[str, str] | None = None) -> None:
         self._send_body(status, text.encode(), "text/plain; charset=utf-8", headers)

@@ -14,7 +14,9 @@ line, before any model is loaded. Pure Python: `foundry data` uses it without to
 """
 
 import csv
+import io
 import json
+import os
 import random
 import tempfile
 from dataclasses import dataclass
@@ -63,9 +65,10 @@ def fetch(location: str) -> Path:
     """A local path for the dataset: itself, or an s3:// object downloaded to a temporary file."""
     if location.startswith("s3://"):
         return _download(location)
-    path = Path(location.removeprefix("file://")).expanduser()
+    path = Path(os.path.expanduser(location.removeprefix("file://")))  # pathlib's raises on ~nosuchuser
     if not path.is_file():
-        raise UserError(f"{location}: no such dataset file; check the path")
+        what = "not a regular file" if path.exists() else "no such dataset file"
+        raise UserError(f"{location}: {what}; check the path")
     return path
 
 
@@ -92,9 +95,14 @@ def read_rows(path: Path, name: str) -> list[Row]:
     if suffix not in SUFFIXES:
         raise UserError(f"{name}: unknown dataset format {suffix or '(no suffix)'!r}; use {', '.join(SUFFIXES)}")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise UserError(f"{name}: not UTF-8 text") from None
+        data = path.read_bytes()
+    except OSError as error:
+        raise UserError(f"{name}: cannot be read ({error.strerror or error})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise UserError(f"{name}:{line}: not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as UTF-8") from None
     if suffix == ".csv":
         return _csv_rows(text, name)
     if suffix == ".json":
@@ -104,15 +112,21 @@ def read_rows(path: Path, name: str) -> list[Row]:
 
 def _jsonl_rows(text: str, name: str) -> list[Row]:
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Only "\n" ends a row: JSON strings may hold U+2028 and the like, which splitlines() cuts at.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise UserError(f"{name}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
-        rows.append(_object(value, name, number))
+        rows.append(_object(_decode(line, name, number), name, number))
     return rows
+
+
+def _decode(text: str, name: str, line: int) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{name}:{line + error.lineno - 1}: not valid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise UserError(f"{name}:{line}: JSON nested too deeply; a row is an object of strings and lists of messages") from None
 
 
 def _json_rows(text: str, name: str) -> list[Row]:
@@ -128,6 +142,8 @@ def _json_rows(text: str, name: str) -> list[Row]:
             value, end = decoder.raw_decode(text, position)
         except json.JSONDecodeError as error:
             raise UserError(f"{name}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
+        except RecursionError:
+            raise UserError(f"{name}:{_line(text, position)}: JSON nested too deeply; a row is an object of strings and lists of messages") from None
         rows.append(_object(value, name, _line(text, position)))
         position = _skip_space(text, end)
         if position < len(text) and text[position] == ",":
@@ -151,17 +167,14 @@ def _line(text: str, position: int) -> int:
 
 def _csv_rows(text: str, name: str) -> list[Row]:
     """CSV with a header; empty cells count as missing; a `messages` cell holds JSON."""
-    reader = csv.DictReader(text.splitlines(keepends=True))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     rows = []
     start = 2
     try:
         for record in reader:
             fields: dict[str, Any] = {key: value for key, value in record.items() if key is not None and value not in (None, "")}
             if "messages" in fields:
-                try:
-                    fields["messages"] = json.loads(fields["messages"])
-                except json.JSONDecodeError as error:
-                    raise UserError(f"{name}:{start}: the messages cell is not valid JSON ({error.msg})") from None
+                fields["messages"] = _decode(fields["messages"], name, start)
             if fields:
                 rows.append(Row(start, fields))
             start = reader.line_num + 1
@@ -184,7 +197,7 @@ def detect_shape(row: Row, name: str) -> str:
         return "prompt/completion"
     if {"instruction", "output"} <= keys:
         return "instruction/output"
-    found = ", ".join(sorted(keys)) or "none"
+    found = _clip(", ".join(sorted(map(str, keys)))) or "none"
     raise UserError(f"{name}:{row.line}: cannot tell the dataset's shape: a row needs `messages`, or `prompt` and `completion`, or `instruction` and `output`; this one has: {found}")
 
 
@@ -218,6 +231,15 @@ def _text(value: Any, where: str, field: str) -> str:
         raise UserError(f"{where}: {field!r} must be a string, got {_type(value)}")
     if not value.strip():
         raise UserError(f"{where}: {field!r} is empty")
+    return _unicode(value, where, field)
+
+
+def _unicode(value: str, where: str, field: str) -> str:
+    """JSON's \\ud800 escapes make strings no tokenizer or UTF-8 file can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise UserError(f"{where}: {field!r} holds a lone surrogate (\\u{ord(value[error.start]):04x}) at character {error.start}, not text") from None
     return value
 
 
@@ -227,7 +249,7 @@ def _optional_text(fields: dict[str, Any], field: str, where: str) -> str | None
         return None
     if not isinstance(value, str):
         raise UserError(f"{where}: {field!r} must be a string, got {_type(value)}")
-    return value
+    return _unicode(value, where, field)
 
 
 def _messages(value: Any, where: str, field: str, *, require_assistant: bool) -> Chat:
@@ -240,13 +262,18 @@ def _messages(value: Any, where: str, field: str, *, require_assistant: bool) ->
             raise UserError(f"{at} must be an object with role and content, got {_type(message)}")
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise UserError(f"{at}.role must be one of {', '.join(ROLES)}, got {role!r}")
+            raise UserError(f"{at}.role must be one of {', '.join(ROLES)}, got {_clip(repr(role))}")
         if not isinstance(content, str):
             raise UserError(f"{at}.content must be a string, got {_type(content)}")
-        chat.append({"role": role, "content": content})
+        chat.append({"role": role, "content": _unicode(content, at, "content")})
     if require_assistant and not any(message["role"] == "assistant" for message in chat):
         raise UserError(f"{where}: {field!r} has no assistant message, so nothing to learn from")
     return chat
+
+
+def _clip(text: str) -> str:
+    """Enough of a value to recognise it; a message stays one readable line."""
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _type(value: Any) -> str:

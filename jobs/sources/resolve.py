@@ -9,10 +9,7 @@ import os
 from pathlib import Path
 
 from foundry.errors import UserError
-from foundry.modelref import ModelRef, parse
-
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+from foundry.modelref import MODEL_FILES, PICKLE_SUFFIXES, ModelRef, parse
 
 
 def materialize(reference: str, *, allow_pickle: bool = False, trust_remote_code: bool = False) -> Path:
@@ -52,7 +49,7 @@ def _download(ref: ModelRef, allow_pickle: bool) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
-    patterns = _HUB_FILES + ([f"*{suffix}" for suffix in PICKLE_SUFFIXES] if allow_pickle else [])
+    patterns = list(MODEL_FILES) + ([f"*{suffix}" for suffix in PICKLE_SUFFIXES] if allow_pickle else [])
     try:
         return Path(snapshot_download(ref.path, revision=ref.revision, allow_patterns=patterns))
     except GatedRepoError:
