@@ -88,7 +88,7 @@ def test_a_local_model_is_keyed_by_the_files_a_loader_reads_at_its_top_level(tmp
     (model / "checkpoints" / "step-100").mkdir(parents=True)
     (model / "config.json").write_text('{"model_type": "llama", "hidden_size": 64, "vocab_size": 512}')
     (model / "model.safetensors").write_bytes(b"0" * 64)
-    recipe = f"models: [{{model: tiny:llama-a}}, {{model: {model}}}]\nmerge_method: linear\n"
+    recipe = f"models: [{{model: tiny:llama-a}}, {{model: {model}}}]\nmerge_method: linear\nparameters: {{weight: 0.5}}\n"
     before = keys(tmp_path, recipe)
     (model / "checkpoints" / "step-100" / "model.safetensors").write_bytes(b"1" * 64)  # below the top: not read
     (model / "README.md").write_text("notes")  # not a file a loader reads

@@ -62,8 +62,8 @@ def _merge_method(recipe: Recipe) -> Iterator[Problem]:
 
 def _model_counts(recipe: Recipe, method: MergeMethod) -> Iterator[Problem]:
     """mergekit counts distinct inputs, the base model among them unless the method ignores it."""
-    named = {json.dumps(model.get("model"), sort_keys=True) for model in recipe.models or []}
-    base = json.dumps(recipe.base_model, sort_keys=True) if recipe.base_model is not None and method.base != "ignored" else None
+    named = {json.dumps(model.get("model"), sort_keys=True, default=repr) for model in recipe.models or []}
+    base = json.dumps(recipe.base_model, sort_keys=True, default=repr) if recipe.base_model is not None and method.base != "ignored" else None
     inputs = len(named | ({base} if base else set()))
     if method.model_count and inputs != method.model_count:
         yield Problem(("models",), f"merge method {method.name} merges exactly {method.model_count} models, got {inputs}")
