@@ -88,11 +88,11 @@ def run_size(work: Path, size: str) -> list[dict[str, Any]]:
     for stage in ("merge", "quantize", "publish"):
         wall, peak_kib = measured([*foundry, "run", "recipe.yml", "--only", stage], cwd=work, env=env)
         stage_wall[stage] = wall
-        rows.append({"size": size, "what": f"foundry {stage}", "wall_s": round(wall, 1), "peak_rss_gib": round(peak_kib * 1024 / GIB, 2)})
+        rows.append(_row(size, f"foundry {stage}", wall, peak_kib * 1024))
     marker = _quantize_marker(work / ".foundry" / "store" / f"scale-{size}")
     fp16_bytes = 2 * parameters(a)
     for step, peak in marker["result"]["peak_rss_bytes"].items():
-        rows.append({"size": size, "what": f"  quantize step {step}", "wall_s": marker["result"]["seconds"].get(step), "peak_rss_gib": round(peak / GIB, 2)})
+        rows.append(_row(size, f"  quantize step {step}", marker["result"]["seconds"].get(step), peak))
     merged = _merged_folder(work, size)
     builder = {}
     for label, arguments in (("fp32", ["-p", "fp32", "-e", "cpu"]), ("int4", ["-p", "int4", "-e", "cpu"]), ("webgpu int4", ["-p", "int4", "-e", "webgpu"])):
@@ -100,21 +100,25 @@ def run_size(work: Path, size: str) -> list[dict[str, Any]]:
         command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(merged), "-o", str(out), "-c", str(work / "builder-cache"), *arguments, "--extra_options", "hf_token=false"]
         wall, peak_kib = measured(command, env={**env, "TQDM_DISABLE": "1"})
         builder[label] = wall
-        rows.append({"size": size, "what": f"builder {label} alone", "wall_s": round(wall, 1), "peak_rss_gib": round(peak_kib * 1024 / GIB, 2)})
+        rows.append(_row(size, f"builder {label} alone", wall, peak_kib * 1024))
         shutil.rmtree(out, ignore_errors=True)
     quantize_row = next(row for row in rows if row["what"] == "foundry quantize")
-    rows.append({
-        "size": size, "what": "ratios", "wall_s": None, "peak_rss_gib": None,
-        "quantize_vs_builder_three": round(stage_wall["quantize"] / sum(builder.values()), 3),
-        "quantize_peak_vs_fp16_bytes": round(quantize_row["peak_rss_gib"] * GIB / fp16_bytes, 3),
-        "fp16_gib": round(fp16_bytes / GIB, 2),
-    })
+    builders = sum(builder.values())
+    rows.append(_row(size, "builder fp32 + int4 + webgpu int4", builders, None, f"quantize / this = {stage_wall['quantize'] / builders:.2f} (goal <= 1.5 at 0.5b)"))
+    rows.append(_row(size, "model fp16 bytes", None, fp16_bytes, f"quantize peak / this = {quantize_row['peak_rss_gib'] * GIB / fp16_bytes:.2f} (goal <= 2 at 1.5b)"))
     # [q4] alone: the same recipe with one variant, a new quantize key over the same merge.
     recipe["quantize"] = {"variants": ["q4"]}
     (work / "recipe-q4.yml").write_text(yaml.safe_dump(recipe))
     wall, peak_kib = measured([*foundry, "run", "recipe-q4.yml", "--only", "quantize"], cwd=work, env=env)
-    rows.append({"size": size, "what": "foundry quantize [q4] alone", "wall_s": round(wall, 1), "peak_rss_gib": round(peak_kib * 1024 / GIB, 2), "vs_builder_int4": round(wall / builder["int4"], 3)})
+    rows.append(_row(size, "foundry quantize [q4] alone", wall, peak_kib * 1024, f"/ builder int4 = {wall / builder['int4']:.2f} (goal <= 1.2 at 0.5b)"))
     return rows
+
+
+def _row(size: str, what: str, seconds: float | None, peak_bytes: float | None, judgement: str = "") -> dict[str, Any]:
+    return {
+        "size": size, "what": what, "wall_s": None if seconds is None else round(seconds, 1),
+        "peak_rss_gib": None if peak_bytes is None else round(peak_bytes / GIB, 2), "judgement": judgement,
+    }
 
 
 def _quantize_marker(store: Path) -> dict[str, Any]:
@@ -137,13 +141,13 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         rows += size_rows
-        ratios = next(row for row in size_rows if row["what"] == "ratios")
+        fp16 = next(row for row in size_rows if row["what"] == "model fp16 bytes")
         quantize = next(row for row in size_rows if row["what"] == "foundry quantize")
-        peaks[size] = (ratios["fp16_gib"], quantize["peak_rss_gib"])
+        peaks[size] = (fp16["peak_rss_gib"], quantize["peak_rss_gib"])
     if len(peaks) == 2:
         (x1, y1), (x2, y2) = peaks.values()
         slope = (y2 - y1) / (x2 - x1)
         seven_b_fp16 = SEVEN_B_PARAMETERS * 2 / GIB
         projected = y2 + slope * (seven_b_fp16 - x2)
-        rows.append({"size": "7b (projected)", "what": "foundry quantize", "wall_s": None, "peak_rss_gib": round(projected, 2), "goal_gib": 32, "meets_goal": projected <= 32})
+        rows.append(_row("7b", "foundry quantize, projected", None, projected * GIB, f"linear in fp16 bytes from 0.5b and 1.5b; goal <= 32 GiB: {'met' if projected <= 32 else 'missed'}"))
     write("bench_scale", rows)
