@@ -49,7 +49,7 @@ from foundry.errors import UserError
 from foundry.hashing import sha256_file
 from foundry.stagespec import StageSpec
 from foundry.variants import ONNX_FOLDER, TRANSFORMERS_JS_DTYPE, VARIANT_FILES
-from foundry.web import page
+from foundry.web import devices, page
 from jobs.onnx.external_data import MIB, ChunkedModel, TooManyChunks, check_chunks, kv_cache_float16, rechunk
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     entry = catalog.build_entry(
         model_id=model_id, name=name, description=entry_params.get("description"),
         size_mb=_mb(chunked[default].size_bytes + shared_bytes), base=base,
-        variants={level: _catalog_variant(record, shared_bytes) for level, record in variants_manifest.items()},
+        variants={level: _catalog_variant(level, record, shared_bytes) for level, record in variants_manifest.items()},
         default_variant=default, recipe_hash=params.get("recipe_hash"), fusion=params.get("fusion"), metrics=metrics,
     )
     if remote is None:
@@ -309,10 +309,11 @@ def _variant_record(level: str, result: ChunkedModel, quantized: dict[str, Any],
     return record
 
 
-def _catalog_variant(record: dict[str, Any], shared_bytes: int) -> dict[str, Any]:
+def _catalog_variant(level: str, record: dict[str, Any], shared_bytes: int) -> dict[str, Any]:
     return {
         "file": record["file"],
         "dtype": record["dtype"],
+        "devices": devices.requirements(level),
         "size_mb": _mb(record["size_bytes"] + shared_bytes),
         "chunks": len(record["chunks"]),
         "sha256": record["sha256"],
