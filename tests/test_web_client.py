@@ -339,3 +339,35 @@ def test_the_page_takes_transformers_js_from_the_cdn_its_meta_or_its_own_origin(
 
 def assets_version() -> str:
     return json.loads((REPO / "package.json").read_text())["dependencies"]["@huggingface/transformers"]
+
+
+def test_the_page_offers_a_variant_on_a_device_only_where_models_json_says_it_runs(node: str) -> None:
+    """The choice without probing: `devices` against the adapter's features; no WebGPU without
+    an adapter; an entry published before `devices` existed runs on WebAssembly alone."""
+    script = """
+        import { availability, preferredDevice } from "./foundry/web/foundry-catalogue.js";
+        const devices = (webgpu) => ({ webgpu: { features: webgpu }, wasm: { features: [] } });
+        const swiftshader = { adapter: { vendor: "google", architecture: "swiftshader", isFallbackAdapter: true }, features: ["subgroups"] };
+        const f16 = { ...swiftshader, features: ["shader-f16", "subgroups"] };
+        const none = { adapter: null, features: [], reason: "this browser has no WebGPU (navigator.gpu)" };
+        const q4 = { dtype: "q4", devices: devices([]) }, q4f16 = { dtype: "q4f16", devices: devices(["shader-f16"]) };
+        console.log(JSON.stringify({
+            q4: availability(q4, "webgpu", swiftshader), q4f16: availability(q4f16, "webgpu", swiftshader),
+            q4f16_f16: availability(q4f16, "webgpu", f16), q4f16_wasm: availability(q4f16, "wasm", swiftshader),
+            no_adapter: availability(q4, "webgpu", none), wasm_only: availability({ dtype: "q4", devices: { wasm: { features: [] } } }, "webgpu", f16),
+            old_webgpu: availability({ dtype: "q4" }, "webgpu", f16), old_wasm: availability({ dtype: "q4" }, "wasm", f16),
+            native: availability({ dtype: "int4_rtn", devices: devices([]) }, "wasm", f16),
+            preferred: [preferredDevice(swiftshader), preferredDevice(none)],
+        }));
+    """
+    result = subprocess.run([node, "--input-type=module", "-e", script], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    got = json.loads(result.stdout)
+    ok = {"ok": True, "reason": None}
+    assert got["q4"] == got["q4f16_f16"] == got["q4f16_wasm"] == got["old_wasm"] == ok
+    assert got["q4f16"] == {"ok": False, "reason": "needs the WebGPU feature shader-f16, which this adapter lacks"}
+    assert got["no_adapter"] == {"ok": False, "reason": "this browser has no WebGPU (navigator.gpu)"}
+    assert got["wasm_only"] == {"ok": False, "reason": "not published for WebGPU"}
+    assert got["old_webgpu"] == {"ok": False, "reason": "published without device support in models.json: WebAssembly only"}
+    assert got["native"]["ok"] is False and got["native"]["native"] is True and "int4_rtn" in got["native"]["reason"]
+    assert got["preferred"] == ["webgpu", "wasm"]

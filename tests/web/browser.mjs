@@ -11,7 +11,8 @@
 //
 // A page step picks the device (the page's own choice when absent), reads every card's variants
 // (loadable, or the reason why not), and with a model and variant presses Load, waits for the
-// try to load or fail, and with a prompt sends it and waits for the reply.
+// try to load or fail, and with a prompt sends it and waits for the reply; a variant the page
+// does not offer on that device gives {unavailable: reason} instead.
 import { chromium } from "playwright-core";
 
 const TIMEOUT_MS = 120_000;
@@ -73,8 +74,13 @@ function cards(page) {
 }
 
 async function load(page, step) {
+  const button = `button[data-model="${step.model}"][data-variant="${step.variant}"]`;
+  if (!(await page.$(button))) {
+    const row = `article.model[data-model="${step.model}"] tr[data-variant="${step.variant}"]`;
+    return { unavailable: await page.$eval(row, (node) => node.querySelector(".unavailable")?.dataset.reason ?? node.querySelector(".native")?.title ?? "no Load button") };
+  }
   const before = await page.$$eval("#tries tbody tr", (rows) => rows.length);
-  await page.click(`button[data-model="${step.model}"][data-variant="${step.variant}"]`);
+  await page.click(button);
   await page.waitForFunction((count) => {
     const rows = document.querySelectorAll("#tries tbody tr");
     return rows.length > count && rows[0].dataset.state !== "loading";
