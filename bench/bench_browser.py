@@ -32,7 +32,8 @@ from bench.report import write
 REPO = Path(__file__).resolve().parent.parent
 BROWSER = REPO / "tests" / "web" / "browser.mjs"
 CHROMIUM = "/usr/bin/chromium"
-TOKENS = 32
+TOKENS = 16
+WAIT_MS = 600_000          # one load or one reply; SwiftShader decodes a large fp32 graph slowly
 PROMPT = "Tell me a long story about a lighthouse keeper."
 DEVICES = ("wasm", "webgpu")
 LARGE_ID = "bench-llama-22m"
@@ -73,7 +74,7 @@ def plan(catalogue: dict[str, Any]) -> list[dict[str, Any]]:
 def drive(url: str, steps: list[dict[str, Any]]) -> dict[str, Any]:
     """The steps in one Chromium run of the catalogue page, WebGPU enabled."""
     query = urllib.parse.urlencode({"transformers": "/_foundry/transformers/transformers.min.js", "ort": "/_foundry/onnxruntime-web/"})
-    job = {"mode": "page", "chromium": CHROMIUM, "webgpu": True, "url": f"{url}/?{query}", "steps": steps}
+    job = {"mode": "page", "chromium": CHROMIUM, "webgpu": True, "url": f"{url}/?{query}", "steps": steps, "timeout_ms": WAIT_MS}
     result = subprocess.run(["node", str(BROWSER), json.dumps(job)], cwd=REPO, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise RuntimeError(f"{BROWSER} failed:\n{result.stderr[-3000:]}")
@@ -87,7 +88,7 @@ def row(step: dict[str, Any], done: dict[str, Any]) -> dict[str, Any]:
     def figure(name: str) -> float | None:
         return float(tried[name]) if tried.get(name) not in (None, "null") else None
 
-    note = done.get("unavailable") or tried.get("error") or ("" if done.get("reply") and not done["reply"]["error"] else "no reply")
+    note = done.get("unavailable") or tried.get("error") or done.get("error") or ("" if done.get("reply") and not done["reply"]["error"] else "no reply")
     return {
         "model": step["model"], "device": step["device"], "variant": step["variant"],
         "load_s": figure("loadS"), "first_token_ms": figure("firstTokenMs"), "tokens_per_s": figure("tokensPerS"),

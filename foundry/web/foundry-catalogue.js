@@ -101,7 +101,7 @@ export function stopIds(generationConfig, tokenizer) {
 /** Greedy reply to `messages` through the chat template; `onText` streams the decoded text.
  * `timing`: first_token_ms from the call to the first new token (templating and prefill),
  * tokens_per_s over the tokens after the first (decoding alone), seconds in all. */
-export async function reply(tjs, { tokenizer, model }, messages, { maxNewTokens = 64, minNewTokens = null, onText = null } = {}) {
+export async function reply(tjs, { tokenizer, model }, messages, { maxNewTokens = 64, onText = null } = {}) {
   const started = performance.now();
   let firstToken = null;
   const inputs = tokenizer.chat_template
@@ -112,7 +112,7 @@ export async function reply(tjs, { tokenizer, model }, messages, { maxNewTokens 
     skip_prompt: true, skip_special_tokens: true, callback_function: onText ?? (() => {}),
     token_callback_function: () => (firstToken ??= performance.now()),
   });
-  const output = await model.generate({ ...inputs, max_new_tokens: maxNewTokens, ...(minNewTokens ? { min_new_tokens: minNewTokens } : {}), do_sample: false, streamer });
+  const output = await model.generate({ ...inputs, max_new_tokens: maxNewTokens, do_sample: false, streamer });
   const finished = performance.now();
   const generated = Array.from(output.data, Number).slice(promptIds.length);
   const stops = stopIds(model.generation_config, tokenizer);
@@ -192,8 +192,8 @@ export class VariantWorker {
   }
 
   /** reply()'s result, computed in the worker; `onText` streams the text. */
-  reply(messages, { maxNewTokens = 64, minNewTokens = null, onText = null } = {}) {
-    return this.call({ type: "reply", messages, maxNewTokens, minNewTokens }, { onText });
+  reply(messages, { maxNewTokens = 64, onText = null } = {}) {
+    return this.call({ type: "reply", messages, maxNewTokens }, { onText });
   }
 
   terminate() {
@@ -235,9 +235,9 @@ function serveWorker(scope) {
       loaded = await loadModel(tjs, base, dtype, { ort, device, onProgress });
       return { load_s: (performance.now() - started) / 1000, version: tjs.env.version, device };
     },
-    async reply({ messages, maxNewTokens, minNewTokens }) {
+    async reply({ messages, maxNewTokens }) {
       if (!loaded) throw new Error("no model is loaded in this worker");
-      return reply(tjs, loaded, messages, { maxNewTokens, minNewTokens, onText: (text) => post({ type: "text", text }) });
+      return reply(tjs, loaded, messages, { maxNewTokens, onText: (text) => post({ type: "text", text }) });
     },
   };
   scope.onmessage = async ({ data }) => {

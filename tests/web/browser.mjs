@@ -15,7 +15,7 @@
 // does not offer on that device gives {unavailable: reason} instead.
 import { chromium } from "playwright-core";
 
-const TIMEOUT_MS = 120_000;
+const TIMEOUT_MS = 120_000;     // each wait, unless the job gives timeout_ms
 // The flags this machine's Chromium needs (no sandbox as root, no GPU, no background traffic).
 const FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"];
 
@@ -32,7 +32,7 @@ try {
     return route.abort();
   });
   const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT_MS);
+  page.setDefaultTimeout(job.timeout_ms ?? TIMEOUT_MS);
   page.on("console", (message) => message.type() === "error" && errors.push(message.text()));
   page.on("pageerror", (error) => errors.push(String(error)));
   await page.goto(job.url);
@@ -50,7 +50,12 @@ async function usePage(page, job) {
     for (const step of job.steps) {
       if (step.device) await page.check(`input[name="device"][value="${step.device}"]`);
       const done = { device: await page.$eval('input[name="device"]:checked', (input) => input.value), models: await cards(page) };
-      if (step.variant) Object.assign(done, await load(page, step));
+      try {
+        if (step.variant) Object.assign(done, await load(page, step));
+      } catch (error) {
+        // A step that timed out: said, and the next one goes on (its Load ends the busy worker).
+        Object.assign(done, { error: String(error?.message ?? error).split("\n")[0], try: await page.$eval("#tries tbody tr", (row) => ({ ...row.dataset })).catch(() => null) });
+      }
       steps.push(done);
     }
   } finally {
