@@ -6,7 +6,8 @@ variant runs on WebAssembly; on WebGPU, float16 arithmetic needs the adapter's `
 (transformers.js 4.3.2 refuses fp16 on an adapter without it, and a q4f16 session is created
 and then fails inside ONNX Runtime: "Program Gather requires f16"). Keyed by variant name
 (foundry/variants.py), so a level added there is published with no extra needs until it is
-listed here. Light: stdlib only.
+listed here, unless its graph keeps its key/value cache in float16, which needs `shader-f16`
+as well. Light: stdlib only.
 """
 
 from typing import Any
@@ -17,6 +18,7 @@ DEVICES = ("webgpu", "wasm")
 WEBGPU_FEATURES: dict[str, tuple[str, ...]] = {"fp16": ("shader-f16",), "q4f16": ("shader-f16",)}
 
 
-def requirements(level: str) -> dict[str, dict[str, Any]]:
+def requirements(level: str, float16_cache: bool = False) -> dict[str, dict[str, Any]]:
     """`devices` of one variant: device -> {"features": [...]}, in DEVICES order."""
-    return {"webgpu": {"features": list(WEBGPU_FEATURES.get(level, ()))}, "wasm": {"features": []}}
+    webgpu = WEBGPU_FEATURES.get(level, ("shader-f16",) if float16_cache else ())
+    return {device: {"features": list(webgpu) if device == "webgpu" else []} for device in DEVICES}
