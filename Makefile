@@ -63,7 +63,7 @@ lint: $(STAMP) ## Lint the code and every recipe
 	$(BIN)/ruff check foundry jobs tests bench
 	$(BIN)/foundry lint recipes/
 
-bench: $(STAMP) ## Run the benchmarks; results in bench/results/
+bench: $(STAMP) $(NODE_STAMP) $(CHROMIUM) ## Run the benchmarks; results in bench/results/
 	$(BIN)/python -m bench
 
 images: ## Build the CPU and GPU container images (needs a Docker engine)

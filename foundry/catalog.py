@@ -6,9 +6,14 @@ The shape web clients already read (kept, keys added beside it):
                "urls": {"base": "/models/orion-dev-polyglot-v1-q4/"},
                "metadata": {"fusion": {"method": "slerp", "sources": [...], "created_by": "Foundry 0.1.0"}},
                "default_variant": "q4",
-               "variants": {"q4": {"file": "onnx/model_q4.onnx", "dtype": "q4", "size_mb": ..., "chunks": 3,
-                                   "sha256": "...", "top1_agreement": 0.98}},
+               "variants": {"q4": {"file": "onnx/model_q4.onnx", "dtype": "q4",
+                                   "devices": {"webgpu": {"features": []}, "wasm": {"features": []}},
+                                   "size_mb": ..., "chunks": 3, "sha256": "...", "top1_agreement": 0.98}},
                "recipe_hash": "...", "published": "2025-01-01T00:00:00Z"}}
+
+A variant's `dtype` is the transformers.js option that loads it; `devices` says where it runs
+(transformers.js `device` names, most preferred first, each with the WebGPU adapter features
+it needs, e.g. fp16's `["shader-f16"]`; foundry/web/devices.py, docs/webgpu.md).
 
 The module keeps three things apart, so that a catalogue in a bucket (foundry/s3/catalog.py:
 a conditional PUT on the object's ETag instead of a lock) reuses the middle one:

@@ -304,6 +304,9 @@ def test_catalog_entry_and_other_entries_kept(quantized, tmp_path):
     assert entry["size_mb"] == q4["size_mb"] == round(
         (manifest.read(folder)["variants"]["q4"]["size_bytes"] + sum(p.stat().st_size for p in folder.iterdir() if p.is_file() and p.name != "manifest.json")) / MIB, 1)
     assert set(entry["variants"]) == {"q4", "fp16"}
+    # Where each runs, for web clients to choose without probing: fp16 needs shader-f16 on WebGPU.
+    assert q4["devices"] == {"webgpu": {"features": []}, "wasm": {"features": []}}
+    assert entry["variants"]["fp16"]["devices"] == {"webgpu": {"features": ["shader-f16"]}, "wasm": {"features": []}}
 
 
 def test_republish_replaces_the_folder_whole(quantized, tmp_path):

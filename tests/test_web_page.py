@@ -13,7 +13,7 @@ import pytest
 
 from foundry.s3 import client as s3client
 from foundry.s3.publish import PAGE_CACHE
-from foundry.web import assets, page
+from foundry.web import assets, devices, page
 from jobs.stages import publish
 from tests.test_publish import make_spec
 from tests.test_publish import quantized as _quantized_model  # noqa: F401 - test_publish's fixture, under this name
@@ -99,3 +99,13 @@ def test_the_page_loads_the_transformers_js_version_package_json_pins() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", pinned), "an exact pin"
     assert locked == pinned
     assert f'export const TRANSFORMERS_VERSION = "{pinned}";' in script
+
+
+@pytest.mark.parametrize(("level", "float16_cache", "webgpu"), [
+    ("q4", False, []), ("fp32", False, []), ("fp16", False, ["shader-f16"]), ("q4f16", False, ["shader-f16"]),
+    ("q4", True, ["shader-f16"]),       # a float16 key/value cache is float16 arithmetic on WebGPU too
+])
+def test_what_each_variant_needs_on_each_device(level: str, float16_cache: bool, webgpu: list[str]) -> None:
+    needs = devices.requirements(level, float16_cache)
+    assert list(needs) == ["webgpu", "wasm"], "most preferred first"
+    assert needs == {"webgpu": {"features": webgpu}, "wasm": {"features": []}}

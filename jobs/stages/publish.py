@@ -49,7 +49,7 @@ from foundry.errors import UserError
 from foundry.hashing import sha256_file
 from foundry.stagespec import StageSpec
 from foundry.variants import ONNX_FOLDER, TRANSFORMERS_JS_DTYPE, VARIANT_FILES
-from foundry.web import page
+from foundry.web import devices, page
 from jobs.onnx.external_data import MIB, ChunkedModel, TooManyChunks, check_chunks, kv_cache_float16, rechunk
 
 if TYPE_CHECKING:
@@ -106,7 +106,8 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
             raise RuntimeError(f"publish: re-chunked {VARIANT_FILES[level]} is inconsistent: " + "; ".join(problems))
         chunked[level] = result
     default = "q4" if "q4" in chunked else min(chunked, key=lambda level: (chunked[level].size_bytes, level))
-    _write_config(source, out, chunked, default)
+    float16_cache = {level: kv_cache_float16(result.model_file) for level, result in chunked.items()}
+    _write_config(source, out, chunked, default, float16_cache)
 
     # 2. The manifest, after every file it lists.
     shared_bytes = sum(path.stat().st_size for path in out.iterdir() if path.is_file())
@@ -126,7 +127,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     entry = catalog.build_entry(
         model_id=model_id, name=name, description=entry_params.get("description"),
         size_mb=_mb(chunked[default].size_bytes + shared_bytes), base=base,
-        variants={level: _catalog_variant(record, shared_bytes) for level, record in variants_manifest.items()},
+        variants={level: _catalog_variant(record, devices.requirements(level, float16_cache[level]), shared_bytes) for level, record in variants_manifest.items()},
         default_variant=default, recipe_hash=params.get("recipe_hash"), fusion=params.get("fusion"), metrics=metrics,
     )
     if remote is None:
@@ -279,7 +280,7 @@ def _write_tokenizer_config(source: Path, out: Path) -> None:
         LOG.warning("publish: %s has no chat template; chat clients will have to supply one", source / "tokenizer_config.json")
 
 
-def _write_config(source: Path, out: Path, chunked: dict[str, ChunkedModel], default: str) -> None:
+def _write_config(source: Path, out: Path, chunked: dict[str, ChunkedModel], default: str, float16_cache: dict[str, bool]) -> None:
     config = _read_json(source / "config.json")
     tjs = dict(config.get(TJS_CONFIG) or {})
     external = {VARIANT_FILES[level]: len(result.chunks) for level, result in chunked.items() if result.chunks}
@@ -288,7 +289,7 @@ def _write_config(source: Path, out: Path, chunked: dict[str, ChunkedModel], def
     else:
         tjs.pop("use_external_data_format", None)
     tjs["dtype"] = TRANSFORMERS_JS_DTYPE[default]
-    kv = {TRANSFORMERS_JS_DTYPE[level]: "float16" for level, result in chunked.items() if kv_cache_float16(result.model_file)}
+    kv = {TRANSFORMERS_JS_DTYPE[level]: "float16" for level, float16 in float16_cache.items() if float16}
     if kv:
         tjs["kv_cache_dtype"] = kv     # transformers.js falls back to float32 for dtypes not listed
     else:
@@ -311,10 +312,11 @@ def _variant_record(level: str, result: ChunkedModel, quantized: dict[str, Any],
     return record
 
 
-def _catalog_variant(record: dict[str, Any], shared_bytes: int) -> dict[str, Any]:
+def _catalog_variant(record: dict[str, Any], runs_on: dict[str, dict[str, Any]], shared_bytes: int) -> dict[str, Any]:
     return {
         "file": record["file"],
         "dtype": record["dtype"],
+        "devices": runs_on,
         "size_mb": _mb(record["size_bytes"] + shared_bytes),
         "chunks": len(record["chunks"]),
         "sha256": record["sha256"],

@@ -7,10 +7,10 @@
 import * as tjs from "@huggingface/transformers";
 
 import * as catalogue from "../../foundry/web/foundry-catalogue.js";
-import { generateEach } from "./generate_each.mjs";
+import { generateEach, inProcess } from "./generate_each.mjs";
 
 const request = JSON.parse(process.argv[2]);
 // onnxruntime-node reads external data from files: transformers.js downloads into this cache.
 tjs.env.cacheDir = request.cache_dir;
-const results = await generateEach(tjs, catalogue, request);
+const results = await generateEach(inProcess(tjs, catalogue, request), request);
 process.stdout.write(JSON.stringify({ version: tjs.env.version, results }) + "\n");
