@@ -12,15 +12,12 @@ Needs what `make test` installs: node_modules (`npm ci --ignore-scripts`) and De
 chromium. The page's screenshot is kept at .foundry/test-output/web/catalogue.png.
 """
 
-import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 import urllib.parse
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -29,9 +26,9 @@ import yaml
 from foundry import catalog, manifest
 from foundry.web import assets
 from tests.png_check import assert_png
+from tests.web_support import REPO, greedy_answers, run_node, serve
+from tests.web_support import assert_same_tokens as same_tokens
 
-REPO = Path(__file__).resolve().parent.parent
-WEB = REPO / "tests" / "web"
 CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = REPO / ".foundry" / "test-output" / "web" / "catalogue.png"
 SHARD_MB = 0.03            # small enough that every variant of the tiny demo spans three chunks or more
@@ -67,47 +64,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "site"
 
 
-class _Handler(SimpleHTTPRequestHandler):
-    """Static files with the headers a cross-origin-isolated page needs; /_foundry/ from
-    node_modules (foundry.web.assets), /_harness/ from tests/web, the rest from the web root."""
-
-    extensions_map = {**SimpleHTTPRequestHandler.extensions_map, **{suffix: kind.split(";")[0] for suffix, kind in assets.CONTENT_TYPES.items()}}
-    mounts: dict[str, Path] = {}
-    requested: list[str] = []
-
-    def translate_path(self, path: str) -> str:
-        url_path = urllib.parse.unquote(urllib.parse.urlsplit(path).path)
-        for route, folder in self.mounts.items():
-            if url_path.startswith(route):
-                return str(folder / url_path.removeprefix(route))
-        return super().translate_path(path)
-
-    def end_headers(self) -> None:
-        self.send_header("Cross-Origin-Opener-Policy", "same-origin")
-        self.send_header("Cross-Origin-Embedder-Policy", "require-corp")
-        self.send_header("Cross-Origin-Resource-Policy", "same-origin")
-        super().end_headers()
-
-    def send_head(self):  # noqa: ANN201 - the base class's own signature
-        self.requested.append(urllib.parse.urlsplit(self.path).path)
-        return super().send_head()
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - the base class's name
-        pass
-
-
 @pytest.fixture(scope="module")
 def server(site: Path, node: str):
-    mounts = {**(assets.local_dirs() or {}), "/_harness/": WEB}
-    handler = type("Handler", (_Handler,), {"mounts": mounts, "requested": []})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(site)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", handler.requested
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serve(site) as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -135,22 +95,7 @@ def webgpu_runs(variant: dict, features: list[str]) -> bool:
 @pytest.fixture(scope="module")
 def reference(site: Path) -> dict[str, dict]:
     """Per variant: the prompt's ids and the greedy tokens ONNX Runtime in Python generates."""
-    from jobs.tools.query import OnnxGenerator, prompt_ids
-
-    folder = site / "models" / MODEL_ID
-    answers = {}
-    for level in manifest.read(folder)["variants"]:
-        generator = OnnxGenerator(folder, level)
-        ids = prompt_ids(generator.tokenizer, PROMPT, system=None, raw=False)
-        new = list(generator.token_ids(ids, MAX_NEW_TOKENS))
-        answers[level] = {"prompt_ids": ids, "new_ids": new, "text": generator.tokenizer.decode(new, skip_special_tokens=True).strip()}
-    return answers
-
-
-def run_node(script: str, job: dict, timeout: float = 240) -> dict:
-    result = subprocess.run(["node", str(WEB / script), json.dumps(job)], cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
+    return greedy_answers(site / "models" / MODEL_ID, PROMPT, MAX_NEW_TOKENS)
 
 
 def expected_files(site: Path, level: str) -> set[str]:
@@ -160,17 +105,10 @@ def expected_files(site: Path, level: str) -> set[str]:
 
 def assert_same_tokens(results: dict, reference: dict, site: Path, tokens: int = MAX_NEW_TOKENS) -> None:
     """`reference`'s greedy run of MAX_NEW_TOKENS; `results` of `tokens`, compared with its start."""
-    reference = {level: {**answer, "new_ids": answer["new_ids"][:tokens]} for level, answer in reference.items()}
-    assert set(results) == set(reference)
-    for level, expected in reference.items():
-        got = results[level]
-        assert "error" not in got, f"{level}: {got.get('error')}"
-        assert got["prompt_ids"] == expected["prompt_ids"], f"{level}: the chat template gives other ids"
-        assert got["new_ids"] == expected["new_ids"], f"{level}: transformers.js generated {got['new_ids']}, ONNX Runtime {expected['new_ids']}"
-        assert expected_files(site, level) <= set(got["files"]), f"{level}: not every chunk was fetched"
+    same_tokens(results, reference, site / "models" / MODEL_ID, tokens)
     # Something to compare: a full run of 16 tokens somewhere, and more than one distinct answer.
-    assert max(len(answer["new_ids"]) for answer in reference.values()) == tokens
-    assert len({tuple(answer["new_ids"]) for answer in reference.values()}) > 1
+    assert max(len(answer["new_ids"]) for answer in reference.values()) == MAX_NEW_TOKENS
+    assert len({tuple(answer["new_ids"][:tokens]) for answer in reference.values()}) > 1
 
 
 def test_every_variant_is_published_in_three_chunks_or_more(site: Path) -> None:
