@@ -3,25 +3,31 @@
 For each architecture a small random-weight model is built here with transformers (the
 tokenizer of tiny:llama-a, weights drawn wide enough that greedy decoding has clear
 winners), run through `foundry run` (quantize: fp32, q4, q4f16; publish), and
-transformers.js in Node must generate ONNX Runtime's greedy tokens for every variant.
+transformers.js in Node must generate ONNX Runtime's greedy tokens for every variant;
+q4 and q4f16 of the tied family also on WebAssembly, in Chromium.
 """
 
 import json
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 import torch
 import yaml
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from foundry import exporters, manifest
+from foundry.web import assets
 from jobs.tiny.models import build
 from tests.web_support import assert_same_tokens, greedy_answers, run_node, serve
 
+CHROMIUM = "/usr/bin/chromium"
+LOCAL_TRANSFORMERS = assets.TRANSFORMERS_ROUTE + assets.TRANSFORMERS_MODULE
 MAX_NEW_TOKENS = 12
 VARIANTS = ["fp32", "q4", "q4f16"]
 MESSAGES = [{"role": "user", "content": "Anna went to the park"}]
@@ -63,27 +69,35 @@ def _random_model(folder: Path, architecture: str) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
+def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, dict[str, subprocess.CompletedProcess]]]:
+    """Every family built, quantized and published by `foundry run` into one web root, served."""
     site = tmp_path_factory.mktemp("architectures-site")
+    runs = {}
+    for architecture in FAMILIES:
+        work = tmp_path_factory.mktemp(architecture)
+        model = _random_model(work / "model", architecture)
+        recipe = {
+            "name": _entry(architecture),
+            "models": [{"model": str(model)}],
+            "quantize": {"variants": VARIANTS, "prompts": ["Anna went to the park", "The old dog"]},
+            "publish": {"to": str(site / "models"), "shard_size_mb": 0.1, "entry": {"id": _entry(architecture)}},
+        }
+        (work / "recipe.yml").write_text(yaml.safe_dump(recipe))
+        runs[architecture] = subprocess.run([sys.executable, "-m", "foundry", "run", "recipe.yml"], cwd=work, capture_output=True, text=True)
     with serve(site) as (url, _):
-        yield site, url
+        yield site, url, runs
+
+
+def _entry(architecture: str) -> str:
+    return architecture.lower().removesuffix("forcausallm")
 
 
 @pytest.mark.parametrize("architecture", list(FAMILIES))
-def test_published_family_generates_in_transformers_js(architecture: str, server: tuple[Path, str], tmp_path: Path) -> None:
-    site, url = server
-    model = _random_model(tmp_path / "model", architecture)
-    entry_id = architecture.lower().removesuffix("forcausallm")
-    recipe = {
-        "name": entry_id,
-        "models": [{"model": str(model)}],
-        "quantize": {"variants": VARIANTS, "prompts": ["Anna went to the park", "The old dog"]},
-        "publish": {"to": str(site / "models"), "shard_size_mb": 0.1, "entry": {"id": entry_id}},
-    }
-    (tmp_path / "recipe.yml").write_text(yaml.safe_dump(recipe))
-    result = subprocess.run([sys.executable, "-m", "foundry", "run", "recipe.yml"], cwd=tmp_path, capture_output=True, text=True)
+def test_published_family_generates_in_transformers_js(architecture: str, published: tuple[Path, str, dict], tmp_path: Path) -> None:
+    site, url, runs = published
+    result = runs[architecture]
     assert result.returncode == 0, result.stdout + result.stderr
-
+    entry_id = _entry(architecture)
     folder = site / "models" / entry_id
     assert set(manifest.read(folder)["variants"]) == set(VARIANTS)
     genai = json.loads((folder / "genai_config.json").read_text())
@@ -96,3 +110,21 @@ def test_published_family_generates_in_transformers_js(architecture: str, server
     assert_same_tokens(output["results"], reference, folder)
     # Random weights drawn wide: the answer is a real sequence, not an immediate stop.
     assert len(reference["fp32"]["new_ids"]) == MAX_NEW_TOKENS
+
+
+def test_q4f16_and_a_shared_tied_table_run_on_webassembly(published: tuple[Path, str, dict]) -> None:
+    """Qwen2 ties its embeddings: its q4 and q4f16 read the embedding through GatherBlockQuantized,
+    which onnxruntime-web's WebAssembly must run too, in Chromium, with ONNX Runtime's tokens."""
+    site, url, runs = published
+    entry_id = _entry("Qwen2ForCausalLM")
+    folder = site / "models" / entry_id
+    assert runs["Qwen2ForCausalLM"].returncode == 0
+    q4 = onnx.load(str(folder / "onnx" / "model_q4.onnx"), load_external_data=False)
+    assert "GatherBlockQuantized" in {node.op_type for node in q4.graph.node}
+    output = run_node("browser.mjs", {"mode": "generate", "chromium": CHROMIUM, "url": f"{url}/_harness/harness.html", "request": {
+        "transformers": LOCAL_TRANSFORMERS, "catalogue": "/models/foundry-catalogue.js", "ort": assets.ONNXRUNTIME_WEB_ROUTE,
+        "base": f"{url}/models/{entry_id}/", "variants": ["q4", "q4f16"], "messages": MESSAGES, "max_new_tokens": MAX_NEW_TOKENS,
+    }})
+    assert output["offsite"] == []
+    reference = greedy_answers(folder, MESSAGES[0]["content"], MAX_NEW_TOKENS)
+    assert_same_tokens(output["results"], {level: reference[level] for level in ("q4", "q4f16")}, folder)
