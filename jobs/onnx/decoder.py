@@ -12,11 +12,17 @@ from typing import Any
 _PAST_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
-def decoder_session(path: Path) -> Any:
+def decoder_session(path: Path, *, lean: bool = False) -> Any:
+    """A CPU session; `lean` trades speed for memory: no prepacked copies of the weights
+    (ONNX Runtime's default doubles an fp32 model's footprint) and no arena holding on to
+    freed activations. The quantize stage's checks run lean; generation does not."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if lean:
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        options.enable_cpu_mem_arena = False
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
