@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -432,8 +432,8 @@ def derive(source: Path, target: Path, data_name: str, variant: str, *, settings
     if settings.weight_bits is not None:
         expose_weight_products(writer)
         counts["matmuls_quantized"] = quantize_matmuls(writer, settings.weight_bits, settings.block_size, float_type)
-        if settings.embeddings == "shared-with-lm-head":
-            counts["embedding_tables_shared"] = share_tied_embedding(writer, settings.block_size)
+        if settings.embeddings == "shared-with-lm-head" and not share_tied_embedding(writer, settings.block_size):
+            settings = replace(settings, embeddings="int8-per-row")   # untied: what was done is recorded
         if settings.embeddings in ("int8-per-row", "shared-with-lm-head"):
             counts["embedding_tables_quantized"] = quantize_embeddings(writer, float_type)
     if float_type == TensorProto.FLOAT16:
