@@ -74,17 +74,20 @@ class PodmanNode:
         thread.start()
 
     def deleted(self, job: str) -> None:
-        """The Job was deleted: its running pod is stopped, as its deletion would stop it."""
+        """The Job was deleted: its running pod is stopped (SIGTERM, then SIGKILL after the
+        grace period), in the background: the API server answers the delete at once."""
         with self.lock:
             self.gone.add(job)
             container = self.containers.get(job)
         if container:
-            subprocess.run([self.podman, "stop", "--time", str(STOP_GRACE_S), container], capture_output=True)
+            stopping = threading.Thread(target=subprocess.run, args=([self.podman, "stop", "--time", str(STOP_GRACE_S), container],), kwargs={"capture_output": True}, daemon=True)
+            self.threads.append(stopping)
+            stopping.start()
 
     def stop(self) -> None:
         for job in list(self.containers):
             self.deleted(job)
-        for thread in self.threads:
+        for thread in list(self.threads):
             thread.join(timeout=STOP_GRACE_S + 10)
 
     # --- what tests do to pods -------------------------------------------------------

@@ -217,7 +217,7 @@ def test_a_stage_killed_mid_run_is_retried_and_publishes_the_same_bytes(demo: di
 def test_a_bad_input_fails_its_pod_with_exit_2_and_no_retry(cluster: FakeApiServer, image: str, work: Path, s3_env_module: str) -> None:
     """A plan whose merge names a model that does not exist, as `foundry render` would never
     plan it: the stage exits 2, the podFailurePolicy fails its Job at once, the driver too."""
-    rendered = foundry("render", "tiny-demo.yml", *values(image, s3_env_module, f"s3://{BUCKET}/store-bad"), cwd=work)
+    rendered = foundry("render", "tiny-demo.yml", "--namespace", "foundry", *values(image, s3_env_module, f"s3://{BUCKET}/store-bad"), cwd=work)
     assert rendered.returncode == 0, rendered.stderr
     objects = [obj for obj in yaml.safe_load_all(rendered.stdout.replace("tiny:llama-b", "tiny:nope")) if obj]
     api = connect()
