@@ -140,7 +140,8 @@ class FakeApiServer:
         return self.objects.get(("jobs", namespace, name))
 
     def pods_of(self, job: str, namespace: str = "foundry") -> list[dict[str, Any]]:
-        return [o for (plural, ns, _), o in sorted(self.objects.items()) if plural == "pods" and ns == namespace and o["metadata"]["labels"].get("job-name") == job]
+        """The Job's pods, oldest first (objects keep their creation order)."""
+        return [o for (plural, ns, _), o in list(self.objects.items()) if plural == "pods" and ns == namespace and o["metadata"]["labels"].get("job-name") == job]
 
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
         """Block until predicate() holds (checked after every change), or fail the test."""

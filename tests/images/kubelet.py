@@ -36,7 +36,6 @@ from typing import Any
 RETRY_DELAY_S = 1.0
 STOP_GRACE_S = 5
 SERVICE_ACCOUNT_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-IMAGE_FAILURES = ("ErrImagePull",)
 _FIELD = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
 _QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
 _UNITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
