@@ -151,6 +151,29 @@ def test_stage_pods_run_restricted_with_their_spec_from_the_downward_api(demo: d
     assert seen["store"] == f"s3://{BUCKET}/store" and seen["has_key"] and not seen["token"]
 
 
+def test_the_node_honours_the_deadline_and_the_backoff_limit(demo: dict[str, Any], cluster: FakeApiServer) -> None:
+    """Two Jobs on the merge Job's pod template: one sleeps past its activeDeadlineSeconds, one
+    exits 1 (not 2, so no FailJob rule applies) with backoffLimit 1: two pods, then failed."""
+    merge = next(name for name in cluster.job_creates if "-merge-" in name)
+    template = json.loads(json.dumps(cluster.job(merge)["spec"]["template"]))
+    jobs = {
+        "deadline-probe": ({"activeDeadlineSeconds": 10, "backoffLimit": 2}, "import time; print('sleeping', flush=True); time.sleep(120)"),
+        "backoff-probe": ({"backoffLimit": 1}, "import sys; print('failing'); sys.exit(1)"),
+    }
+    for name, (settings, code) in jobs.items():
+        body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
+                "spec": {**settings, "podFailurePolicy": cluster.job(merge)["spec"]["podFailurePolicy"], "template": json.loads(json.dumps(template))}}
+        body["spec"]["template"]["spec"]["containers"][0].update(command=["python", "-c", code], args=[])
+        connect().batch.create_namespaced_job("foundry", body)
+    cluster.wait_for(lambda: all("conditions" in cluster.job(name)["status"] for name in jobs), timeout=120)
+    [pod] = cluster.pods_of("deadline-probe")
+    assert cluster.job("deadline-probe")["status"]["conditions"][0]["reason"] == "DeadlineExceeded" and pod["status"]["reason"] == "DeadlineExceeded"
+    assert "sleeping" in cluster.logs[pod["metadata"]["name"]] and pod["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] != 0
+    pods = cluster.pods_of("backoff-probe")
+    assert [p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] for p in pods] == [1, 1]
+    assert cluster.job("backoff-probe")["status"]["conditions"][0]["reason"] == "BackoffLimitExceeded" and cluster.job("backoff-probe")["status"]["failed"] == 2
+
+
 def test_node_generates_from_the_published_q4(demo: dict[str, Any], tmp_path: Path) -> None:
     """transformers.js in Node, from the bucket's files served on loopback, answers what ONNX Runtime in Python answers."""
     from jobs.tools.query import OnnxGenerator, prompt_ids
