@@ -13,12 +13,17 @@ TORCH := torch==2.13.0
 # `make images` tags: the chart's default repositories, at the project's version.
 IMAGE_REPO ?= ghcr.io/foundry-ml
 IMAGE_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# Podman and buildah read their settings from here (runc; ulimits a sandbox allows).
+export CONTAINERS_CONF ?= $(CURDIR)/images/containers.conf
+# The local Debian base `make base-image` makes, for machines that reach no container registry.
+BASE_IMAGE := localhost/foundry-base:bookworm
+CONTAINER_TOOLS := podman buildah runc mmdebstrap
 
 .DEFAULT_GOAL := help
-.PHONY: help install web demo test e2e lint bench clean images
+.PHONY: help install web demo test test-images e2e lint bench clean images image-cpu base-image container-tools
 
 help: ## List the targets
-	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -66,10 +71,29 @@ lint: $(STAMP) ## Lint the code and every recipe
 bench: $(STAMP) $(NODE_STAMP) $(CHROMIUM) ## Run the benchmarks; results in bench/results/
 	$(BIN)/python -m bench
 
-images: ## Build the CPU and GPU container images (needs a Docker engine)
-	@docker info >/dev/null 2>&1 || { echo "make images: no Docker engine here (docker info failed); build on a machine with Docker, or let CI build images/Dockerfile.cpu and images/Dockerfile.gpu" >&2; exit 1; }
-	docker build -f images/Dockerfile.cpu -t $(IMAGE_REPO)/foundry-cpu:$(IMAGE_TAG) .
-	docker build -f images/Dockerfile.gpu -t $(IMAGE_REPO)/foundry-gpu:$(IMAGE_TAG) .
+images: image-cpu ## Build the CPU and GPU images: docker where an engine answers, else buildah (docs/images.md)
+	images/build.sh gpu $(IMAGE_REPO)/foundry-gpu:$(IMAGE_TAG)
+
+image-cpu: ## Build the CPU image only (PYTHON_IMAGE=localhost/foundry-base:bookworm after `make base-image`)
+	images/build.sh cpu $(IMAGE_REPO)/foundry-cpu:$(IMAGE_TAG)
+
+container-tools: ## Install podman, buildah, runc and mmdebstrap from Debian where they are missing
+	@missing=$$(for tool in $(CONTAINER_TOOLS); do command -v $$tool >/dev/null || echo $$tool; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing $$missing from Debian"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing uidmap; \
+	fi
+
+base-image: container-tools ## Make localhost/foundry-base:bookworm (Debian bookworm, python3) with mmdebstrap: no registry needed
+	@if podman image exists $(BASE_IMAGE); then echo "$(BASE_IMAGE) is there (podman rmi it to make it again)"; else \
+		set -e; mkdir -p build; \
+		mmdebstrap --variant=minbase --include=python3,python3-venv,ca-certificates bookworm build/base.tar; \
+		podman import --change 'CMD ["/bin/bash"]' build/base.tar $(BASE_IMAGE); \
+		rm build/base.tar; \
+	fi
+
+test-images: $(STAMP) $(NODE_STAMP) container-tools base-image ## Build (or reuse) the CPU image and run the tiny demo's Jobs in it with podman (tests/images)
+	PYTHON_IMAGE=$(BASE_IMAGE) $(BIN)/python -m pytest tests/images
 
 clean: ## Remove the store, runs, published demo output and caches (keeps .venv)
 	rm -rf .foundry .pytest_cache bench/results

@@ -48,6 +48,7 @@ class RunStatus(BaseModel):
     started: str
     updated: str
     finished: str | None = None
+    reason: str | None = None  # why a run failed outside its stages (its driver's pod cannot start)
     stages: list[StageStatus]
 
     @property

@@ -94,7 +94,7 @@ class Driver:
             previous = row.state
             job = jobs.get(planned.job_name)
             if job is not None and row.state == "pending" and self._left_failed_by_another_run(job):
-                self._delete_stale(planned.job_name)
+                self._delete(planned.job_name, "Job %s failed in an earlier run; deleting it to run the stage again")
                 del jobs[planned.job_name]
                 job = None  # gone: created again below once its inputs are committed
             if planned.key in committed:
@@ -135,12 +135,14 @@ class Driver:
         if row.state == "succeeded":  # the stage exits 0 only after committing: something removed it
             row.state = "failed"
             row.reason = f"the Job completed but {row.key} has no {SUCCESS_MARKER} in {self.store.url}"
+        elif row.state == "failed" and job_state(job) == "running":  # its pod cannot start (observe_stage says why)
+            self._delete(job.metadata.name, f"{row.key}: deleting Job %s, whose pod cannot start, so that it does not wait for its deadline")
 
     def _left_failed_by_another_run(self, job: V1Job) -> bool:
         return job_state(job) == "failed" and (job.metadata.annotations or {}).get(RUN_ANNOTATION) != self.run_id
 
-    def _delete_stale(self, name: str) -> None:
-        LOG.info("Job %s failed in an earlier run; deleting it to run the stage again", name)
+    def _delete(self, name: str, why: str) -> None:
+        LOG.info(why, name)
         try:
             with explained(self.cluster, "delete", "jobs.batch", name):
                 self.cluster.batch.delete_namespaced_job(name, self.cluster.namespace, propagation_policy="Background")

@@ -3,17 +3,26 @@
 It speaks the real wire protocol on 127.0.0.1 (paths, query parameters, Status bodies,
 chunked `?watch=1` streams of JSON lines with resourceVersions), so the code under test
 goes through the same client calls it makes against a cluster. It keeps only what Foundry
-uses: namespaces get; Jobs create/get/list/watch/apply/delete; ConfigMaps, ServiceAccounts,
-Roles, RoleBindings and CronJobs apply/get/list; Pods list/get and logs. Tests drive Jobs
-to success or failure with `succeed`, `fail`, `evict` and `exceed_deadline`, expire watches
-with `expire_watches` (the next watch from an old resourceVersion gets a 410), and restrict
-verbs with `allowed` (anything else is a 403, worded as the API server words it).
+uses: namespaces get; Jobs create/get/list/watch/apply/delete; ConfigMaps, Secrets,
+ServiceAccounts, Roles, RoleBindings and CronJobs create/apply/get/list; Pods list/get and
+logs. Tests drive Jobs to success or failure with `succeed`, `fail`, `evict` and
+`exceed_deadline`, expire watches with `expire_watches` (the next watch from an old
+resourceVersion gets a 410), and restrict verbs with `allowed` (anything else is a 403,
+worded as the API server words it).
+
+With a `node` (tests/images/kubelet.py) the fake has a kubelet and a Job controller: every
+Job created runs its pods in containers, and their exits become the Jobs' status. For the
+pods the fake also serves HTTPS (`serve_tls`), the way a pod's in-cluster client reaches
+the API server.
 """
 
+import base64
 import copy
 import hashlib
 import json
 import re
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +39,7 @@ from foundry.store import Store, build_record
 # plural -> (group, version, kind); "" is the core group.
 KINDS = {
     "jobs": ("batch", "v1", "Job"), "cronjobs": ("batch", "v1", "CronJob"), "pods": ("", "v1", "Pod"),
-    "configmaps": ("", "v1", "ConfigMap"), "serviceaccounts": ("", "v1", "ServiceAccount"),
+    "configmaps": ("", "v1", "ConfigMap"), "secrets": ("", "v1", "Secret"), "serviceaccounts": ("", "v1", "ServiceAccount"),
     "roles": ("rbac.authorization.k8s.io", "v1", "Role"), "rolebindings": ("rbac.authorization.k8s.io", "v1", "RoleBinding"),
 }
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -62,7 +71,8 @@ class ApiError(Exception):
 
 
 class FakeApiServer:
-    def __init__(self, folder: Path, namespaces: tuple[str, ...] = ("default", "foundry")) -> None:
+    def __init__(self, folder: Path, namespaces: tuple[str, ...] = ("default", "foundry"), node: Any = None) -> None:
+        self.node = node  # runs each Job's pods (tests/images/kubelet.py); None: tests drive Jobs by hand
         self.namespaces = set(namespaces)
         self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, namespace, name)
         self.applied: dict[tuple[str, str, str], dict[str, Any]] = {}  # what `foundry` last applied
@@ -81,11 +91,12 @@ class FakeApiServer:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._servers = [self._server]
 
     @classmethod
     @contextmanager
-    def running(cls, folder: Path, namespace: str = "foundry") -> Iterator["FakeApiServer"]:
-        fake = cls(folder)
+    def running(cls, folder: Path, namespace: str = "foundry", node: Any = None) -> Iterator["FakeApiServer"]:
+        fake = cls(folder, node=node)
         threading.Thread(target=fake._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         fake.kubeconfig.write_text(yaml.safe_dump({
             "apiVersion": "v1", "kind": "Config", "current-context": "fake",
@@ -94,13 +105,34 @@ class FakeApiServer:
             "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "tester", "namespace": namespace}}],
         }))
         try:
+            if node is not None:
+                node.attach(fake)
             yield fake
         finally:
+            if node is not None:
+                node.stop()
             with fake.cond:
                 fake._closing = True
                 fake.cond.notify_all()
-            fake._server.shutdown()
-            fake._server.server_close()
+            for server in fake._servers:
+                server.shutdown()
+                server.server_close()
+
+    def serve_tls(self, folder: Path) -> tuple[int, Path]:
+        """The same API on https://127.0.0.1:PORT with a self-signed certificate for that
+        address, as in-cluster clients reach it; returns the port and the CA file to trust."""
+        folder.mkdir(parents=True, exist_ok=True)
+        cert, key = folder / "ca.crt", folder / "tls.key"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "1",
+                        "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(cert, key)
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        server.daemon_threads = True
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+        self._servers.append(server)
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        return server.server_address[1], cert
 
     # --- what tests drive -------------------------------------------------------------
 
@@ -108,7 +140,8 @@ class FakeApiServer:
         return self.objects.get(("jobs", namespace, name))
 
     def pods_of(self, job: str, namespace: str = "foundry") -> list[dict[str, Any]]:
-        return [o for (plural, ns, _), o in sorted(self.objects.items()) if plural == "pods" and ns == namespace and o["metadata"]["labels"].get("job-name") == job]
+        """The Job's pods, oldest first (objects keep their creation order)."""
+        return [o for (plural, ns, _), o in list(self.objects.items()) if plural == "pods" and ns == namespace and o["metadata"]["labels"].get("job-name") == job]
 
     def wait_for(self, predicate: Any, timeout: float = 10.0) -> None:
         """Block until predicate() holds (checked after every change), or fail the test."""
@@ -166,43 +199,91 @@ class FakeApiServer:
         meta = obj.setdefault("metadata", {})
         meta.update(namespace=namespace, uid=hashlib.sha1(f"{plural}/{namespace}/{meta['name']}/{self.rv}".encode()).hexdigest(), creationTimestamp=_now(), generation=1,
                     managedFields=[{"manager": manager, "operation": operation, "apiVersion": obj["apiVersion"], "time": _now(), "fieldsType": "FieldsV1", "fieldsV1": {}}])
+        if plural == "secrets" and "stringData" in obj:  # stored as data, base64, as the API server stores it
+            obj["data"] = {**obj.get("data", {}), **{k: base64.b64encode(v.encode()).decode() for k, v in obj.pop("stringData").items()}}
         if plural == "jobs":
             obj["status"] = {"active": 1, "startTime": _now()}
             self.job_creates.append(meta["name"])
         self._put(plural, namespace, obj, "ADDED")
         if plural == "jobs":
-            self._start_pod(obj)
+            if self.node is not None:
+                self.node.start(copy.deepcopy(obj))
+            else:
+                self.start_pod(obj)
         return obj
 
-    def _start_pod(self, job: dict[str, Any]) -> None:
+    def start_pod(self, job: dict[str, Any], phase: str = "Running") -> dict[str, Any]:
+        """A pod of the Job, as the Job controller makes it: the template's metadata and spec
+        under a new name; Running (the tests drive it), or Pending for the node to run."""
         name = job["metadata"]["name"]
         suffix = hashlib.sha1(f"{name}{self.rv}".encode()).hexdigest()[:5]
-        spec = copy.deepcopy(job["spec"]["template"]["spec"])
-        labels = {"job-name": name, "batch.kubernetes.io/job-name": name, "controller-uid": job["metadata"]["uid"]}
-        self._put("pods", job["metadata"]["namespace"], {
-            "apiVersion": "v1", "kind": "Pod", "spec": spec,
-            "metadata": {"name": f"{name}-{suffix}", "namespace": job["metadata"]["namespace"], "labels": labels, "creationTimestamp": _now(),
-                         "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"], "controller": True}]},
-            "status": {"phase": "Running", "startTime": _now(), "containerStatuses": [
-                {"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": True, "restartCount": 0, "state": {"running": {"startedAt": _now()}}} for c in spec["containers"]]},
-        }, "ADDED")
+        template = job["spec"]["template"]
+        spec = copy.deepcopy(template["spec"])
+        meta = template.get("metadata") or {}
+        labels = {**meta.get("labels", {}), "job-name": name, "batch.kubernetes.io/job-name": name, "controller-uid": job["metadata"]["uid"]}
+        running = phase == "Running"
+        states = [{"name": c["name"], "image": c.get("image", ""), "imageID": "", "ready": running, "restartCount": 0,
+                   "state": {"running": {"startedAt": _now()}} if running else {"waiting": {"reason": "ContainerCreating"}}} for c in spec["containers"]]
+        with self.cond:
+            return self._put("pods", job["metadata"]["namespace"], {
+                "apiVersion": "v1", "kind": "Pod", "spec": spec,
+                "metadata": {"name": f"{name}-{suffix}", "namespace": job["metadata"]["namespace"], "labels": labels, "annotations": copy.deepcopy(meta.get("annotations", {})),
+                             "uid": hashlib.sha1(f"pod/{name}/{suffix}".encode()).hexdigest(), "creationTimestamp": _now(),
+                             "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job["metadata"]["uid"], "controller": True}]},
+                "status": {"phase": phase, "startTime": _now(), "containerStatuses": states},
+            }, "ADDED")
 
     def _finish(self, job: str, namespace: str, *, pod_phase: str, exit_code: int, container_reason: str, pod_reason: tuple[str, str] | None, conditions: list[tuple[str, str, str]]) -> None:
         with self.cond:
-            pod = self.pods_of(job, namespace)[-1]
-            pod["status"]["phase"] = pod_phase
+            self.end_pod(self.pods_of(job, namespace)[-1], pod_phase, exit_code, container_reason, pod_reason)
+            self.end_job(job, namespace, pod_phase == "Succeeded", conditions)
+
+    # --- what the node (tests/images/kubelet.py) reports -------------------------------
+
+    def update_pod(self, pod: dict[str, Any], phase: str, state: dict[str, Any]) -> None:
+        """A pod's phase and its containers' state ({"running": ...} or {"waiting": ...})."""
+        with self.cond:
+            if ("pods", pod["metadata"]["namespace"], pod["metadata"]["name"]) not in self.objects:
+                return  # deleted with its Job
+            pod["status"]["phase"] = phase
+            for status in pod["status"]["containerStatuses"]:
+                status.update(ready="running" in state, state=copy.deepcopy(state))
+            self._put("pods", pod["metadata"]["namespace"], pod, "MODIFIED")
+
+    def end_pod(self, pod: dict[str, Any], phase: str, exit_code: int, container_reason: str, pod_reason: tuple[str, str] | None = None) -> None:
+        with self.cond:
+            if ("pods", pod["metadata"]["namespace"], pod["metadata"]["name"]) not in self.objects:
+                return
+            pod["status"]["phase"] = phase
             if pod_reason:
                 pod["status"]["reason"], pod["status"]["message"] = pod_reason
             for status in pod["status"]["containerStatuses"]:
                 status.update(ready=False, state={"terminated": {"exitCode": exit_code, "reason": container_reason, "startedAt": pod["status"]["startTime"], "finishedAt": _now()}})
-            self._put("pods", namespace, pod, "MODIFIED")
-            obj = self.objects[("jobs", namespace, job)]
-            succeeded = pod_phase == "Succeeded"
-            obj["status"].update(active=0, ready=0, **({"succeeded": 1, "completionTime": _now()} if succeeded else {"failed": 1}))
+            self._put("pods", pod["metadata"]["namespace"], pod, "MODIFIED")
+
+    def end_job(self, job: str, namespace: str, succeeded: bool, conditions: list[tuple[str, str, str]]) -> None:
+        with self.cond:
+            obj = self.objects.get(("jobs", namespace, job))
+            if obj is None:
+                return
+            obj["status"].update(active=0, ready=0, **({"succeeded": 1, "completionTime": _now()} if succeeded else {"failed": obj["status"].get("failed", 0) + 1}))
             obj["status"]["conditions"] = [
                 {"type": kind, "status": "True", "reason": reason, "message": message, "lastProbeTime": _now(), "lastTransitionTime": _now()} for kind, reason, message in conditions
             ]
             self._put("jobs", namespace, obj, "MODIFIED")
+
+    def count_failure(self, job: str, namespace: str) -> None:
+        """A pod of the Job failed and the Job controller starts another."""
+        with self.cond:
+            obj = self.objects.get(("jobs", namespace, job))
+            if obj is not None:
+                obj["status"]["failed"] = obj["status"].get("failed", 0) + 1
+                self._put("jobs", namespace, obj, "MODIFIED")
+
+    def append_log(self, pod: str, text: str) -> None:
+        with self.cond:
+            self.logs[pod] = self.logs.get(pod, "") + text
+            self.cond.notify_all()
 
     def _apply(self, plural: str, namespace: str, name: str, body: dict[str, Any], query: dict[str, str]) -> dict[str, Any]:
         manager = query.get("fieldManager", "")
@@ -233,6 +314,8 @@ class FakeApiServer:
         obj = self.objects.pop((plural, namespace, name))
         self.rv += 1
         self.events.append((self.rv, "DELETED", plural, namespace, obj))
+        if plural == "jobs" and self.node is not None:
+            self.node.deleted(name)
         if plural == "jobs" and policy in ("Background", "Foreground"):
             for pod in self.pods_of(name, namespace):
                 self._delete("pods", namespace, pod["metadata"]["name"], None)
@@ -276,7 +359,7 @@ def _handler(fake: FakeApiServer) -> type[BaseHTTPRequestHandler]:
                 self._route(method, url.path.strip("/").split("/"), query, body or {})
             except ApiError as error:
                 self._send(error.status["code"], error.status)
-            except (BrokenPipeError, ConnectionResetError):  # a client that stopped watching
+            except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):  # a client that stopped watching
                 self.close_connection = True
 
         def _route(self, method: str, parts: list[str], query: dict[str, str], body: dict[str, Any]) -> None:

@@ -184,3 +184,15 @@ def test_a_restarted_driver_keeps_its_own_runs_failure(k8s: FakeApiServer, store
     k8s.fail(merge)
     assert DriverThread(Driver(RUN, plan, connect(), store)).result() == 2  # the same run, started again: its failure stands
     assert k8s.job_creates == [merge] and saved(store).stages[0].state == "failed"
+
+
+def test_a_stage_whose_image_cannot_be_pulled_fails_the_run_naming_the_image(k8s: FakeApiServer, store: Store, plan: RunPlan) -> None:
+    merge = plan.stages[0].job_name
+    driver = DriverThread(Driver(RUN, plan, connect(), store, watch_seconds=1))  # a pod's state is no Job event: the next pass sees it
+    k8s.wait_for(lambda: k8s.job(merge) is not None)
+    [pod] = k8s.pods_of(merge)
+    k8s.update_pod(pod, "Pending", {"waiting": {"reason": "ErrImagePull", "message": 'failed to pull image "foundry-cpu:test": not found'}})
+    assert driver.result(timeout=20) == 2
+    row = saved(store).stages[0]
+    assert row.state == "failed" and f'pod {pod["metadata"]["name"]} cannot start: ErrImagePull for image "foundry-cpu:test"' in (row.reason or "")
+    assert k8s.job(merge) is None  # deleted, so that its pod does not wait for the Job's deadline

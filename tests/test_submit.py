@@ -65,6 +65,18 @@ def test_a_submitted_run_reads_back_from_the_cluster(k8s: FakeApiServer, tmp_pat
     assert [line.split()[1:6:4] for line in out.splitlines() if line.startswith("│ ")] == [["merge", "pending"], ["quantize", "pending"], ["publish", "pending"]]
 
 
+def test_a_driver_whose_image_cannot_be_pulled_fails_the_run_naming_the_image(k8s: FakeApiServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    assert foundry(monkeypatch, capsys, "submit", RECIPE, "--set", STORE)[0] == 0
+    [run] = k8s.job_creates
+    [pod] = k8s.pods_of(run)
+    k8s.update_pod(pod, "Pending", {"waiting": {"reason": "ImagePullBackOff", "message": 'Back-off pulling image "ghcr.io/foundry-ml/foundry-cpu:0.1.0"'}})
+    stuck = f'pod {pod["metadata"]["name"]} cannot start: ImagePullBackOff for image "ghcr.io/foundry-ml/foundry-cpu:0.1.0"'
+    code, out, _ = foundry(monkeypatch, capsys, "status", run, "--store", str(tmp_path / "store"))
+    assert code == 0 and f"run {run}: failed" in out and stuck in out
+    assert follow_run(connect(), run, None) == "failed"  # `submit --wait` ends too, instead of waiting for the deadline
+    assert stuck in capsys.readouterr().err
+
+
 def test_resubmitting_an_unchanged_recipe_changes_nothing(k8s: FakeApiServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     assert foundry(monkeypatch, capsys, "submit", RECIPE, "--set", STORE)[0] == 0
     before = versions(k8s)

@@ -59,6 +59,8 @@ def print_status(status: RunStatus, source: str) -> None:
     console.print(table)
     console.print(f"recipe {status.recipe} ({status.recipe_hash}), namespace {status.namespace}, started {status.started}, {_duration(status.seconds)}, store {status.store}", soft_wrap=True)
     console.print(f"from the {source}", soft_wrap=True)
+    if status.reason:
+        console.print(status.reason, style="red", markup=False, soft_wrap=True)
     for row in status.stages:
         if row.state == "failed" and row.log_tail:
             console.print(f"\n[red]{row.stage}[/] {row.pod or row.job}: last {len(row.log_tail)} log lines")

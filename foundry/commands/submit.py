@@ -19,7 +19,7 @@ from foundry.commands.status import cluster_status, connected, print_status
 from foundry.errors import UserError
 from foundry.k8s.apply import apply
 from foundry.k8s.cluster import Cluster, default_namespace, require_namespace
-from foundry.k8s.jobs import follow_jobs, job_state, observe_stage
+from foundry.k8s.jobs import follow_jobs, job_cannot_start, job_state, observe_stage
 from foundry.k8s.runs import PLAN_KEY, find_run, read_plan
 from foundry.render import Rendered, render_recipe, schedule
 from foundry.runstatus import StageStatus
@@ -102,6 +102,9 @@ def follow_run(cluster: Cluster, run: str, plan_text: str | None) -> str:
             ended.append(job_state(driver))
         elif any(row.state == "failed" for row in rows):
             ended.append("failed")  # final: the driver is about to say so too
+        elif (why := job_cannot_start(cluster, driver)) is not None:
+            notes.print(f"[red]✗ driver[/] {why}")
+            ended.append("failed")
         if driver is not None:
             seen[run] = driver.metadata.resource_version
         return bool(ended)

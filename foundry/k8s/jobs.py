@@ -19,6 +19,10 @@ from foundry.k8s.errors import ClusterError, explained
 from foundry.runstatus import StageStatus
 
 TAIL_LINES = 20
+# A container waiting for one of these never starts by itself: its image cannot be pulled, or
+# its configuration names what is not there (a Secret, a key). Its Job would wait until its
+# activeDeadlineSeconds, so the run fails now instead, naming the image.
+CANNOT_START = ("ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull", "CreateContainerConfigError")
 WATCH_SECONDS = 60
 GONE = 410
 BROKEN = 0  # a ClusterError without an HTTP status: the connection failed
@@ -49,6 +53,9 @@ def observe_stage(cluster: Cluster, row: StageStatus, job: V1Job) -> None:
     pod = (failed or pods or [None])[-1] if state == "failed" else (pods or [None])[-1]
     row.state = state
     row.pod = pod.metadata.name if pod else row.pod
+    if state == "running" and pod is not None and (why := cannot_start(pod)) is not None:
+        row.state, row.reason = "failed", why
+        return
     row.started = _iso(job.status.start_time) or row.started
     if state == "succeeded":
         row.finished = _iso(job.status.completion_time)
@@ -57,6 +64,21 @@ def observe_stage(cluster: Cluster, row: StageStatus, job: V1Job) -> None:
         row.finished = _iso(condition.last_transition_time) if condition else None
         row.reason = describe_failure(job, pod)
         row.log_tail = log_tail(cluster, pod.metadata.name) if pod else []
+
+
+def cannot_start(pod: V1Pod) -> str | None:
+    """Why the pod's container cannot start, with its image, or None while it may yet."""
+    for container in (pod.status.container_statuses if pod.status else None) or []:
+        waiting = container.state.waiting if container.state else None
+        if waiting is not None and waiting.reason in CANNOT_START:
+            return f"pod {pod.metadata.name} cannot start: {waiting.reason} for image \"{container.image}\": {waiting.message or 'no message'}"
+    return None
+
+
+def job_cannot_start(cluster: Cluster, job: V1Job) -> str | None:
+    """cannot_start for a running Job's newest pod."""
+    pods = pods_of(cluster, job.metadata.name) if job_state(job) == "running" else []
+    return cannot_start(pods[-1]) if pods else None
 
 
 def describe_failure(job: V1Job, pod: V1Pod | None) -> str:

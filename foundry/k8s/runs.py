@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 from foundry.errors import UserError
 from foundry.k8s.cluster import Cluster
 from foundry.k8s.errors import ClusterError, explained
-from foundry.k8s.jobs import job_state, observe_stage
+from foundry.k8s.jobs import job_cannot_start, job_state, observe_stage
 from foundry.recipe.schema import SweepSelect
 from foundry.runstatus import RunStatus, StageStatus, now
 from foundry.store import Store
@@ -145,6 +145,8 @@ def live_status(cluster: Cluster, run: ClusterRun, saved: RunStatus | None, stor
             row.state = "cached"
     if run.driver is not None:
         status.state = job_state(run.driver)
+        if (why := job_cannot_start(cluster, run.driver)) is not None:
+            status.state, status.reason = "failed", f"the driver's {why}"
         if status.state == "failed" and saved is not None and saved.state == "gated":
             status.state = "gated"  # the driver exits 2 for a gate too; what it saved says which
         if status.state != "running":
