@@ -20,8 +20,6 @@ import sys
 import sysconfig
 from pathlib import Path
 
-from foundry.errors import UserError
-
 OPTIMUM_ONNX_VERSION = "0.1.0"
 REQUIREMENTS = (
     f"optimum-onnx=={OPTIMUM_ONNX_VERSION}",
@@ -40,6 +38,8 @@ def location() -> Path:
 
 def python() -> Path:
     """The environment's interpreter; a UserError saying how to make it when it is missing."""
+    from foundry.errors import UserError  # here: the image runs this file as a plain script
+
     interpreter = location() / "bin" / "python"
     if not interpreter.is_file():
         raise UserError(
