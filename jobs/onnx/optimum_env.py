@@ -9,7 +9,8 @@ environment's site-packages through a `.pth` line: its own packages come first o
 
 It lives at `<stage environment>/optimum` (`FOUNDRY_OPTIMUM_ENV` overrides), so a
 virtualenv, the container image and CI each carry their own. `python -m
-jobs.onnx.optimum_env` creates it (the Makefile's install and the CPU image do).
+jobs.onnx.optimum_env` creates it (the Makefile's install does; the CPU image runs this
+file as a plain script, before Foundry is installed).
 """
 
 from __future__ import annotations
