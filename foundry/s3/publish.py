@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from botocore.client import BaseClient
-from botocore.exceptions import ClientError
 
 from foundry import catalog, manifest
 from foundry.errors import UserError
 from foundry.hashing import short_hash
 from foundry.s3 import catalog as s3catalog
-from foundry.s3.client import S3Location, check_bucket, client, is_missing, is_s3, parse, user_errors
-from foundry.s3.files import read_json
+from foundry.s3.client import S3Location, check_bucket, client, is_s3, parse, user_errors
+from foundry.s3.files import read_bytes, read_json
 from foundry.s3.transfer import TransferConfig, Upload, upload_files
 from foundry.web import assets, page
 
@@ -72,7 +71,7 @@ class S3Target:
         with user_errors(self.s3, parent.bucket, f"publish.catalog {self.catalog.url}"):
             for name, source in assets.page_files().items():
                 where = parent.child(name)
-                if name == assets.INDEX and page.skip_index(_read_bytes(self.s3, where), where.url):
+                if name == assets.INDEX and page.skip_index(read_bytes(self.s3, where), where.url):
                     continue
                 self.s3.put_object(Bucket=where.bucket, Key=where.key, Body=source.read_bytes(), ContentType=assets.content_type(name), CacheControl=PAGE_CACHE)
                 written.append(where.url)
@@ -100,15 +99,6 @@ def open_target(to: str, catalog_location: str | None) -> S3Target:
         check_bucket(s3, where, "publish.catalog")
     s3catalog.read(s3, where)       # an invalid catalogue is refused before anything is uploaded
     return S3Target(target, where, s3)
-
-
-def _read_bytes(s3: BaseClient, location: S3Location) -> bytes | None:
-    try:
-        return s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
-    except ClientError as error:
-        if is_missing(error):
-            return None
-        raise
 
 
 def content_type(path: str) -> str:

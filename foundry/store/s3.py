@@ -7,14 +7,17 @@ crash at any point leaves nothing that looks done. `discard` deletes the marker 
 
 Readers get a local copy: `fetch` downloads a committed key into
 `$FOUNDRY_CACHE/store/<bucket>/<prefix>/<recipe>/<key>/`, checking every file's sha256
-against the marker, by way of a temporary folder renamed into place when whole, so a
-cached key is either complete or absent. A key already cached with the same files is not
-downloaded again: a sweep whose points share a merge fetches it once. A commit moves its
-staging folder into that cache, so the next stage on the same machine downloads nothing.
+against the marker as it arrives, by way of a temporary folder renamed into place when
+whole, so a cached key is either complete or absent. A key already cached with the same
+files is not downloaded again (a sweep whose points share a merge fetches it once), but it
+is re-hashed against the marker first: a cache copy damaged on this machine is downloaded
+again, never used. A commit moves its staging folder into that cache, so the next stage on
+the same machine downloads nothing.
 """
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -27,13 +30,24 @@ from typing import Any
 from botocore.client import BaseClient
 
 from foundry.hashing import canonical_json
-from foundry.manifest import verify_source
+from foundry.manifest import verify_files, verify_source
 from foundry.s3 import client as s3client
 from foundry.s3.client import S3Location
-from foundry.s3.files import S3Files, delete_objects, list_objects, read_json
-from foundry.s3.transfer import Download, TransferConfig, Upload, download_files, upload_files
-from foundry.store.base import SUCCESS_MARKER, CommittedKey, Leftover, Store, document_parts, is_recipe_folder
+from foundry.s3.files import S3Files, delete_objects, list_objects, read_bytes, read_json
+from foundry.s3.transfer import Download, IntegrityError, TransferConfig, Upload, download_files, upload_files
+from foundry.store.base import (
+    SUCCESS_MARKER,
+    BrokenMarker,
+    CommittedKey,
+    DamagedKey,
+    Leftover,
+    Store,
+    document_parts,
+    is_recipe_folder,
+    parse_marker,
+)
 
+LOG = logging.getLogger("foundry.store")
 SCRATCH_ENV = "FOUNDRY_SCRATCH"
 CACHE_ENV = "FOUNDRY_CACHE"
 
@@ -71,26 +85,30 @@ class S3Store(Store):
 
     # --- reading ---------------------------------------------------------------------------
 
-    def marker(self, recipe: str, key: str) -> dict[str, Any] | None:
+    def read_marker(self, recipe: str, key: str) -> dict[str, Any] | None:
         with self._errors(f"{recipe}/{key}"):
-            return read_json(self.s3, self._key(recipe, key).child(SUCCESS_MARKER))
+            raw = read_bytes(self.s3, self._key(recipe, key).child(SUCCESS_MARKER))
+        return None if raw is None else parse_marker(raw)
 
     def fetch(self, recipe: str, key: str) -> Path:
         record = self.marker(recipe, key)
         if record is None:
             raise FileNotFoundError(f"{self.location(recipe, key)} is not committed")
         target = self._cache_dir(recipe, key)
-        if _cached_record(target) == _files(record):
+        if _cache_holds(target, record):
             return target
         temporary = target.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             prefix = self._key(recipe, key)
-            downloads = [Download(prefix.child(entry["path"]).key, temporary / entry["path"], int(entry["size"]), entry["sha256"]) for entry in record.get("files", [])]
+            downloads = [Download(prefix.child(entry["path"]).key, temporary / entry["path"], int(entry["size"]), entry["sha256"]) for entry in record["files"]]
             temporary.mkdir(parents=True)
-            with self._errors(f"fetching {recipe}/{key}"):
-                download_files(self.s3, self.root.bucket, downloads, self.config)
+            try:
+                with self._errors(f"fetching {recipe}/{key}"):
+                    download_files(self.s3, self.root.bucket, downloads, self.config)
+            except IntegrityError as error:
+                raise DamagedKey(recipe, key, self.location(recipe, key), [str(error).removeprefix(f"s3 object {prefix.prefix}")]) from None
             _write_marker(temporary, record)
-            if _cached_record(target) != _files(record):    # unless a concurrent fetch got there first
+            if not _cache_holds(target, record):    # unless a concurrent fetch got there first
                 swap_in(temporary, target)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
@@ -101,12 +119,19 @@ class S3Store(Store):
             if scan.marked is not None:
                 yield CommittedKey(name, key, scan.size_bytes, _iso(scan.marked))
 
-    def verify(self, recipe: str, key: str) -> list[str]:
-        record = self.marker(recipe, key)
-        if record is None:
-            return [f"{SUCCESS_MARKER}: missing (the key is not committed)"]
+    def _check_files(self, recipe: str, key: str, entries: list[Any]) -> list[str]:
         with self._errors(f"verifying {recipe}/{key}"):
-            return verify_source(S3Files(self.s3, self._key(recipe, key), self.config), record.get("files"), listing=SUCCESS_MARKER)
+            return verify_source(S3Files(self.s3, self._key(recipe, key), self.config), entries, listing=SUCCESS_MARKER)
+
+    def broken_keys(self, recipe: str | None = None) -> Iterator[tuple[str, str, str]]:
+        """One GET per marked key: the listing alone cannot tell a broken marker from a whole one."""
+        for (name, key), scan in sorted(self._scan(recipe).items()):
+            if scan.marked is None:
+                continue
+            try:
+                self.read_marker(name, key)
+            except BrokenMarker as broken:
+                yield name, key, str(broken)
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -214,9 +239,19 @@ def _files(record: dict[str, Any] | None) -> str | None:
 
 def _cached_record(folder: Path) -> str | None:
     try:
-        return _files(json.loads((folder / SUCCESS_MARKER).read_text()))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return _files(parse_marker((folder / SUCCESS_MARKER).read_bytes()))
+    except (FileNotFoundError, NotADirectoryError, BrokenMarker):
         return None
+
+
+def _cache_holds(folder: Path, record: dict[str, Any]) -> bool:
+    """Whether the cache copy at `folder` is this record's, every file re-hashed against it."""
+    if _cached_record(folder) != _files(record):
+        return False
+    problems = verify_files(folder, record["files"], listing=SUCCESS_MARKER)
+    if problems:
+        LOG.warning("%s: %s%s; downloading the key again", folder, problems[0], f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+    return not problems
 
 
 def _marker_bytes(record: dict[str, Any]) -> bytes:

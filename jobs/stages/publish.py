@@ -33,18 +33,15 @@ metrics go into the catalogue entry (`metrics`) and the manifest; they are judge
 `gate` here too, so a model that misses it is refused whoever asked for the publish.
 """
 
-import ctypes
-import errno
 import json
 import logging
 import os
 import shutil
-import sys
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foundry import catalog, manifest
+from foundry import catalog, manifest, renames
 from foundry.errors import UserError
 from foundry.hashing import sha256_file
 from foundry.stagespec import StageSpec
@@ -366,7 +363,7 @@ def _publish_folder(out: Path, to: Path, model_id: str, catalog_path: Path, key:
             catalog.write(catalog_path, catalog.merge_entry(current, key, entry))
     finally:
         if staged.exists() or staged.is_symlink():
-            _remove(staged)
+            renames.remove(staged)
     return final
 
 
@@ -375,36 +372,10 @@ def _swap_in(staged: Path, final: Path) -> None:
     if not (final.exists() or final.is_symlink()):
         os.rename(staged, final)
         return
-    if _exchange(staged, final):        # one atomic step: `final` is never missing
-        _remove(staged)                 # now the previous version
+    if renames.exchange(staged, final):        # one atomic step: `final` is never missing
+        renames.remove(staged)                 # now the previous version
         return
     previous = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
     os.rename(final, previous)          # elsewhere `final` is missing for the time of one rename
     os.rename(staged, final)
-    _remove(previous)
-
-
-def _exchange(first: Path, second: Path) -> bool:
-    """renameat2(RENAME_EXCHANGE) on Linux; False where the kernel, libc or filesystem lacks it."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(second))
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+    renames.remove(previous)
