@@ -58,7 +58,8 @@ def read(folder: Path) -> dict[str, Any]:
     return json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
 
 
-def _unsafe(path: str) -> bool:
+def is_unsafe(path: str) -> bool:
+    """Whether a listed path could name something outside its folder."""
     posix = PurePosixPath(path)
     return not path or posix.is_absolute() or ".." in posix.parts or "\\" in path
 
@@ -121,7 +122,7 @@ def verify_source(source: FileSource, entries: Any, *, listing: str, strict: boo
     for entry in entries:
         problems.append([])
         path = entry.get("path", "") if isinstance(entry, dict) else ""
-        if not isinstance(path, str) or _unsafe(path):
+        if not isinstance(path, str) or is_unsafe(path):
             problems[-1].append(f"{listing}: refuses to check {path!r}, a path outside the folder")
             continue
         listed.add(path)

@@ -89,7 +89,7 @@ def test_marker_is_whole_json(store: Store) -> None:
     assert store.marker("r", "k")["result"] == {"a": 1}
     if isinstance(store, LocalStore):
         assert json.loads((store.root / "r" / "k" / SUCCESS_MARKER).read_text())["result"] == {"a": 1}
-        assert not list((store.root / "r" / "k").glob(".*.tmp"))
+        assert not list((store.root / "r" / "k").glob(".*"))
 
 
 def test_verify_names_corrupted_missing_and_unlisted_files(store: Store) -> None:
@@ -179,7 +179,7 @@ def test_a_recommitted_key_replaces_a_stale_cache(s3_store: S3Store, tmp_path: P
     first = s3_store.fetch("r", "k")
     _commit(s3_store, "k", b"two")
     assert s3_store.fetch("r", "k") == first and (first / "sub" / "model.bin").read_bytes() == b"two"
-    assert sorted(p.name for p in first.parent.iterdir()) == ["k"], "no temporary folder left beside the cache"
+    assert sorted(p.name for p in first.parent.iterdir()) == [".k.lock", "k"], "no temporary folder left beside the cache"
 
 
 def test_unfinished_multipart_uploads_are_leftovers(s3_store: S3Store) -> None:

@@ -1,5 +1,6 @@
 """`foundry artifacts ls` and `foundry gc`: what a store holds, and clearing what nothing needs."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -57,6 +58,8 @@ def collect_garbage(store_flag: str | None, recipes_dir: Path, older_than: str, 
 
 
 def _age(seconds: float) -> str:
+    if seconds == math.inf:
+        return "writer gone"
     for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= span:
             return f"{seconds / span:.1f}{unit}"

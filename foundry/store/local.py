@@ -5,12 +5,11 @@ attempt) so that committing is a rename on one filesystem, never a copy. The mar
 written into the staging folder, last, and the whole folder is renamed into place: a key
 appears with its files and its marker at once. A key already there (a forced re-run, a
 crashed attempt's leftover, or a run that committed the same key a moment before) is
-swapped out in one step (renameat2 RENAME_EXCHANGE, foundry/renames.py) and then deleted,
+swapped out in one step (renameat2 RENAME_EXCHANGE, foundry/temporaries.py) and deleted,
 so concurrent commits of one key never collide and a reader never finds it missing.
 """
 
 import contextlib
-import errno
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from foundry import renames
+from foundry import temporaries
 from foundry.manifest import verify_files
 from foundry.store.base import (
     SUCCESS_MARKER,
@@ -76,12 +75,7 @@ class LocalStore(Store):
 
     def commit(self, recipe: str, key: str, staging: Path, record: dict[str, Any]) -> dict[str, Any]:
         _write_json(staging / SUCCESS_MARKER, record)
-        target = self._key_dir(recipe, key)
-        while not _rename_into_place(staging, target):
-            if renames.exchange(staging, target):      # `staging` now holds what was there
-                break
-            self.discard(recipe, key)                   # no atomic swap here: move it aside, then try again
-        renames.remove(staging)
+        temporaries.replace_folder(staging, self._key_dir(recipe, key))
         with contextlib.suppress(OSError):
             staging.parent.rmdir()
         return record
@@ -99,7 +93,7 @@ class LocalStore(Store):
 
     def list_committed(self, recipe: str | None = None) -> Iterator[CommittedKey]:
         for recipe_dir in self._recipe_dirs(recipe):
-            for key_dir in sorted(recipe_dir.glob("*")):
+            for key_dir in sorted(p for p in recipe_dir.glob("*") if not p.name.startswith(".")):
                 record = self.marker(recipe_dir.name, key_dir.name) if key_dir.is_dir() else None
                 if record is not None:
                     yield CommittedKey(recipe_dir.name, key_dir.name, int(record.get("size_bytes", 0)), str(record.get("finished", "")))
@@ -126,7 +120,7 @@ class LocalStore(Store):
 
     def broken_keys(self, recipe: str | None = None) -> Iterator[tuple[str, str, str]]:
         for recipe_dir in self._recipe_dirs(recipe):
-            for key_dir in sorted(p for p in recipe_dir.glob("*") if p.is_dir() and p.name != _STAGING):
+            for key_dir in sorted(p for p in recipe_dir.glob("*") if p.is_dir() and not p.name.startswith(".")):
                 try:
                     self.read_marker(recipe_dir.name, key_dir.name)
                 except BrokenMarker as broken:
@@ -139,6 +133,8 @@ class LocalStore(Store):
                 if folder.name == _STAGING:
                     for staged in sorted(folder.glob("*")):
                         yield _leftover(recipe_dir.name, staged.name, "staging folder", staged)
+                elif folder.name.startswith("."):       # a key moved aside while being replaced
+                    yield _leftover(recipe_dir.name, folder.name, "staging folder", folder)
                 elif (recipe_dir.name, folder.name) in broken:
                     yield _leftover(recipe_dir.name, folder.name, BROKEN_KEY, folder)
                 elif folder.is_dir() and not (folder / SUCCESS_MARKER).exists():
@@ -169,14 +165,3 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
         json.dump(value, handle, indent=2, sort_keys=True)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _rename_into_place(staging: Path, target: Path) -> bool:
-    """Rename `staging` to `target` when nothing is there; False when something is."""
-    try:
-        os.rename(staging, target)
-    except OSError as error:
-        if error.errno in (errno.ENOTEMPTY, errno.EEXIST):
-            return False
-        raise
-    return True

@@ -29,6 +29,7 @@ from typing import Any
 
 from botocore.client import BaseClient
 
+from foundry import temporaries
 from foundry.hashing import canonical_json
 from foundry.manifest import verify_files, verify_source
 from foundry.s3 import client as s3client
@@ -95,6 +96,11 @@ class S3Store(Store):
         if record is None:
             raise FileNotFoundError(f"{self.location(recipe, key)} is not committed")
         target = self._cache_dir(recipe, key)
+        with _cache_lock(target):
+            return self._fill_cache(recipe, key, record, target)
+
+    def _fill_cache(self, recipe: str, key: str, record: dict[str, Any], target: Path) -> Path:
+        """`target` holding `record`'s files, downloaded unless a whole copy is there already."""
         if _cache_holds(target, record):
             return target
         temporary = target.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
@@ -108,8 +114,7 @@ class S3Store(Store):
             except IntegrityError as error:
                 raise DamagedKey(recipe, key, self.location(recipe, key), [str(error).removeprefix(f"s3 object {prefix.prefix}")]) from None
             _write_marker(temporary, record)
-            if not _cache_holds(target, record):    # unless a concurrent fetch got there first
-                swap_in(temporary, target)
+            swap_in(temporary, target)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
         return target
@@ -155,9 +160,11 @@ class S3Store(Store):
 
     def _keep_as_cache(self, recipe: str, key: str, staging: Path, record: dict[str, Any]) -> None:
         """The staging folder holds exactly the committed bytes: make it the fetch cache."""
+        target = self._cache_dir(recipe, key)
         try:
             _write_marker(staging, record)
-            swap_in(staging, self._cache_dir(recipe, key))
+            with _cache_lock(target):
+                swap_in(staging, target)
         except OSError:     # another filesystem ($FOUNDRY_SCRATCH elsewhere): just clean up
             shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -264,12 +271,22 @@ def _write_marker(folder: Path, record: dict[str, Any]) -> None:
 
 def swap_in(folder: Path, target: Path) -> None:
     """Make `folder` the cache entry at `target`, replacing a stale one whole."""
+    temporaries.replace_folder(folder, target)
+
+
+@contextlib.contextmanager
+def _cache_lock(target: Path) -> Iterator[None]:
+    """One process at a time checks and fills a key's cache entry (an flock beside it), so a
+    copy another process was handed is never swapped out from under it while whole."""
+    import fcntl
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex[:8]}")
-        os.replace(target, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    os.replace(folder, target)
+    fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _iso(timestamp: float) -> str:

@@ -37,11 +37,11 @@ import json
 import logging
 import os
 import shutil
-import uuid
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foundry import catalog, manifest, renames
+from foundry import catalog, manifest, temporaries
 from foundry.errors import UserError
 from foundry.hashing import sha256_file
 from foundry.stagespec import StageSpec
@@ -58,6 +58,8 @@ REQUIRED_ROOT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 OPTIONAL_ROOT_FILES = ("generation_config.json", "special_tokens_map.json", "chat_template.jinja")
 DEFAULT_SHARD_SIZE_MB = 100.0
 QUANTIZE_REPORT = "quantize.json"
+# Set (to anything) to kill publish once its hidden copy is in the web folder, for tests.
+FAULT_AFTER_COPY = "FOUNDRY_FAULT_AFTER_COPY"
 TJS_CONFIG = "transformers.js_config"
 
 
@@ -351,31 +353,22 @@ def _publish_folder(out: Path, to: Path, model_id: str, catalog_path: Path, key:
     final = to / model_id
     if final.parent.resolve() != to.resolve():
         raise UserError(f"publish.entry.id: {model_id!r} would leave {to}")
-    staged = to / f".{model_id}.tmp-{uuid.uuid4().hex[:12]}"
+    for folder in {to, catalog_path.parent}:
+        for removed in temporaries.clear(folder):
+            LOG.info("publish: removed %s, left by a publish that was killed", removed)
+    staged = temporaries.beside(final)
     try:
         shutil.copytree(out, staged)
         problems = manifest.verify(staged)
         if problems:
             raise RuntimeError(f"publish: the copy in {staged} does not match its manifest: " + "; ".join(problems))
+        if os.environ.get(FAULT_AFTER_COPY):
+            os.kill(os.getpid(), signal.SIGKILL)
         with catalog.locked(catalog_path):
             current = catalog.read(catalog_path)    # refuse an invalid catalogue before touching the folder
-            _swap_in(staged, final)
+            temporaries.replace_folder(staged, final)
             catalog.write(catalog_path, catalog.merge_entry(current, key, entry))
     finally:
         if staged.exists() or staged.is_symlink():
-            renames.remove(staged)
+            temporaries.remove(staged)
     return final
-
-
-def _swap_in(staged: Path, final: Path) -> None:
-    """Make `staged` the folder at `final`; whatever was there (a previous version) goes whole."""
-    if not (final.exists() or final.is_symlink()):
-        os.rename(staged, final)
-        return
-    if renames.exchange(staged, final):        # one atomic step: `final` is never missing
-        renames.remove(staged)                 # now the previous version
-        return
-    previous = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
-    os.rename(final, previous)          # elsewhere `final` is missing for the time of one rename
-    os.rename(staged, final)
-    renames.remove(previous)
