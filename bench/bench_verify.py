@@ -38,9 +38,10 @@ def _large_key(store, key: str, shards: int, size: int) -> None:  # noqa: ANN001
 
 
 def _read_all(folder: Path) -> None:
+    buffer = bytearray(_BLOCK)
     for path in folder.iterdir():
         with open(path, "rb") as handle:
-            while handle.readinto(bytearray(_BLOCK)):
+            while handle.readinto(buffer):
                 pass
 
 
