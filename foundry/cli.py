@@ -52,6 +52,20 @@ def lint(paths: list[Path] = typer.Argument(..., help="Recipe files, or folders 
 
 
 @app.command()
+def init(
+    path: Path = typer.Argument(..., help="The recipe file to write (.yml).", show_default=False),
+    models: list[str] = typer.Option(..., "--model", "-m", help="A registry alias (qwen3:1.7b), hub id or model folder; twice for a pair to merge.", show_default=False),
+    force: bool = typer.Option(False, "--force", help="Overwrite the file if it exists."),
+) -> None:
+    """Write a commented starter recipe (merge, quantize, publish; fine-tune and evaluate to uncomment) that lints as written."""
+    from foundry.registry.load import load_registry
+    from foundry.starter import write_starter
+
+    written = write_starter(path, models, load_registry(), force=force)
+    typer.echo(f"wrote {written}; next: foundry lint {written}, then foundry run {written}")
+
+
+@app.command()
 def schema(output: Path | None = typer.Option(None, "--output", "-o", help="Write to this file instead of standard output.")) -> None:
     """Print the recipe's JSON Schema, for editors' completion and validation."""
     from foundry.commands.lint import recipe_json_schema
@@ -249,6 +263,8 @@ VramOpt = typer.Option(None, "--vram", help="GPU memory in GiB (what a GPU's \"8
 RamOpt = typer.Option(None, "--ram", help="RAM in GiB, to train on a CPU.")
 DetectOpt = typer.Option(False, "--detect", help="Read this machine's largest GPU (nvidia-smi), else its RAM.")
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of a table.")
+WebOpt = typer.Option(False, "--web", help="Only models whose published graphs are proven in transformers.js.")
+CpuOpt = typer.Option(False, "--cpu", help="Train on a CPU: only models that train at a bearable speed there, judged against the RAM (--ram, else this machine's).")
 
 
 @models_app.command("list")
@@ -257,12 +273,14 @@ def models_list(
     fits: bool = typer.Option(False, "--fits", help="Only models that fit (--vram/--ram, else this machine)."),
     vram: float | None = VramOpt,
     ram: float | None = RamOpt,
+    web: bool = WebOpt,
+    cpu: bool = CpuOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """The models the registry knows: size, tasks, licence, memory, quality and speed."""
+    """The models the registry knows: size, tasks, licence, memory, quality, speed, web."""
     from foundry.commands.models import hardware_from_flags, list_models
 
-    list_models(task, fits, hardware_from_flags(vram, ram, False), as_json)
+    list_models(task, fits, hardware_from_flags(vram, ram, False, cpu=cpu), as_json, web=web, cpu=cpu)
 
 
 @models_app.command("show")
@@ -279,12 +297,14 @@ def models_select(
     vram: float | None = VramOpt,
     ram: float | None = RamOpt,
     detect: bool = DetectOpt,
+    web: bool = WebOpt,
+    cpu: bool = CpuOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """The best model for a task that fits the memory given (or detected); its alias on stdout."""
+    """The best model for a task that fits the memory given (or detected), each candidate with why it ranks there; the alias on stdout."""
     from foundry.commands.models import hardware_from_flags, select_model
 
-    select_model(task, hardware_from_flags(vram, ram, detect), as_json)
+    select_model(task, hardware_from_flags(vram, ram, detect, cpu=cpu), as_json, web=web)
 
 
 data_app = typer.Typer(help="Fine-tuning datasets: check and split them.", no_args_is_help=True)

@@ -99,7 +99,7 @@ def _planned_keys(recipes_dir: Path, warnings: list[str]) -> tuple[set[tuple[str
     from foundry.commands.lint import recipe_files
     from foundry.plan import plan
     from foundry.recipe.load import load_recipe
-    from foundry.sweep import expand
+    from foundry.sweep.plan import expand
 
     if not recipes_dir.is_dir():
         raise UserError(f"--recipes {recipes_dir}: no such folder; gc keeps every key its recipes plan, so it needs them")

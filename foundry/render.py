@@ -30,7 +30,7 @@ from foundry.plan import Plan, plan, recipe_hash
 from foundry.recipe.load import load_recipe
 from foundry.recipe.references import distinct_sources
 from foundry.recipe.schema import Recipe
-from foundry.sweep import expand
+from foundry.sweep.plan import expand
 
 CHART_ENV = "FOUNDRY_CHART"
 DEFAULT_NAMESPACE = "default"

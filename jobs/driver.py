@@ -36,7 +36,7 @@ from foundry.k8s.jobs import WATCH_SECONDS, follow_jobs, job_state, observe_stag
 from foundry.k8s.runs import PlanStage, RunPlan, SweepPlan, read_plan, read_sweep_plan
 from foundry.runstatus import RunStatus, StageState, StageStatus
 from foundry.store import SUCCESS_MARKER, Store, open_store
-from foundry.sweeping import Selection, document
+from foundry.sweep.sequence import Selection, document
 
 LOG = logging.getLogger("foundry.driver")
 RUN_ENV = "FOUNDRY_RUN"
@@ -206,7 +206,7 @@ class Driver:
 
 
 class SweepDriver(Driver):
-    """A sweep's run (`--sweep plans.json`), sequenced by foundry.sweeping: first the
+    """A sweep's run (`--sweep plans.json`), sequenced by foundry.sweep.sequence: first the
     exploration, every point's stages up to its evaluation with each key once; then, when
     all of them are committed, the best point by `sweep.select`, read from the evaluate
     markers in the store, and that point's quantize and publish, which join the run's status.
@@ -214,7 +214,7 @@ class SweepDriver(Driver):
     Re-entrant like the one-plan driver: the markers do not change, so a restarted driver
     chooses the same winner, and a status saved with the winner's rows tells it a choice was
     made. A selection metric that no evaluation produced fails the run, naming it. The sweep's
-    report (foundry.sweeping.document) is kept beside the status, `_runs/<run>/sweep.json`.
+    report (foundry.sweep.sequence.document) is kept beside the status, `_runs/<run>/sweep.json`.
     """
 
     def __init__(self, run: str, plan: SweepPlan, cluster: Cluster, store: Store, watch_seconds: int = WATCH_SECONDS) -> None:

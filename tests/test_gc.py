@@ -12,7 +12,7 @@ from foundry.errors import UserError
 from foundry.plan import plan
 from foundry.recipe.load import load_recipe
 from foundry.store import Store, build_record, open_store
-from foundry.sweep import expand
+from foundry.sweep.plan import expand
 
 REPO = Path(__file__).resolve().parent.parent
 

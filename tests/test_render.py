@@ -16,7 +16,7 @@ from foundry.errors import UserError
 from foundry.k8s.runs import PLAN_KEY, read_plan
 from foundry.recipe.load import load_recipe
 from foundry.render import chart_path, render_recipe
-from foundry.sweep import expand
+from foundry.sweep.plan import expand
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "recipes" / "tiny-demo.yml"

@@ -20,10 +20,10 @@ from foundry.plan import recipe_hash
 from foundry.recipe.load import load_recipe
 from foundry.recipe.schema import SweepSelect
 from foundry.store import build_record, open_store
-from foundry.sweep import expand
-from foundry.sweep_report import write_report
-from foundry.sweep_runner import plan_sweep
-from foundry.sweeping import GridPoint, Sweep, best, document
+from foundry.sweep.local import plan_sweep
+from foundry.sweep.plan import expand
+from foundry.sweep.report import write_report
+from foundry.sweep.sequence import GridPoint, Sweep, best, document
 
 REPO = Path(__file__).resolve().parent.parent
 LIMITS = [1, 2, 3, 4, 5]

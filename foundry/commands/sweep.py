@@ -15,9 +15,9 @@ from foundry.recipe.load import load_recipe
 from foundry.reports import number
 from foundry.runner import StageFailed, new_run_dir
 from foundry.store import Store, open_store, resolve_store_url
-from foundry.sweep_report import MARKDOWN_FILE, write_report
-from foundry.sweep_runner import SweepRun, plan_sweep, run_sweep
-from foundry.sweeping import GridPoint, Selection, Sweep
+from foundry.sweep.local import SweepRun, plan_sweep, run_sweep
+from foundry.sweep.report import MARKDOWN_FILE, write_report
+from foundry.sweep.sequence import GridPoint, Selection, Sweep
 
 
 def sweep_recipe(recipe_path: Path, store_flag: str | None, runs_dir: Path, *, force: bool, strict: bool = False, plan_only: bool = False) -> int:

@@ -19,7 +19,7 @@ from foundry.k8s.jobs import job_state, observe_stage
 from foundry.recipe.schema import SweepSelect
 from foundry.runstatus import RunStatus, StageStatus, now
 from foundry.store import Store
-from foundry.sweeping import GridPoint, Sweep
+from foundry.sweep.sequence import GridPoint, Sweep
 
 PLAN_KEY = "plan.json"
 PLANS_KEY = "plans.json"
@@ -63,7 +63,7 @@ class PointPlan(RunPlan):
 
 class SweepPlan(BaseModel):
     """plans.json: `{"recipe", "recipe_hash", "store", "select", "plans": [plan.json + {"point"}]}`,
-    which the driver runs with `--sweep`, sequenced by foundry.sweeping."""
+    which the driver runs with `--sweep`, sequenced by foundry.sweep.sequence."""
 
     recipe: str
     recipe_hash: str

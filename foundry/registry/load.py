@@ -66,6 +66,14 @@ def load_registry() -> Registry:
     return Registry(presets, defaults)
 
 
+def registry_of(path: Path) -> Registry:
+    """The presets of one file alone, without Foundry's: to try a presets file on its own."""
+    presets, defaults = _read(path, str(path))
+    if defaults is None:
+        raise UserError(f"{path}: a registry of its own needs a defaults block (the settings for models no preset knows)")
+    return Registry(presets, defaults)
+
+
 def _read(path: Path, source: str) -> tuple[dict[str, Preset], FinetuneDefaults | None]:
     try:
         data = yaml.load(path.read_text(encoding="utf-8"), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))

@@ -10,10 +10,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from foundry.exporters import Family, family_of
+
 Task = Literal["chat", "code", "completion", "reasoning", "multilingual", "test"]
 TASKS: tuple[str, ...] = ("chat", "code", "completion", "reasoning", "multilingual", "test")
 # The chat formats Foundry knows by name; a model's own template always wins over these.
-TemplateFamily = Literal["plain", "chatml", "llama3", "zephyr", "gemma", "phi3", "phi4", "mistral", "deepseek-r1"]
+TemplateFamily = Literal["plain", "chatml", "llama3", "zephyr", "gemma", "phi3", "phi4", "mistral", "deepseek-r1", "granite"]
 
 _ALIAS = re.compile(r"^[a-z0-9][a-z0-9.:_-]{0,63}$")
 _HUB_OR_TINY = re.compile(r"^(tiny:[a-z0-9-]+|[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*)$")
@@ -114,6 +116,17 @@ class Preset(_Strict):
     @property
     def is_tiny(self) -> bool:
         return self.hub_id.startswith("tiny:")
+
+    @property
+    def exporter(self) -> Family | None:
+        """Which exporter publishes this model, from the architecture its config records
+        (foundry/exporters.py); None when neither does, or when the config names none."""
+        return family_of(self.config)
+
+    @property
+    def web(self) -> bool:
+        """Whether its published graphs are proven in transformers.js."""
+        return self.exporter is not None and self.exporter.web
 
 
 class RegistryFile(_Strict):

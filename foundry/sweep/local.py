@@ -1,4 +1,4 @@
-"""`foundry sweep`: a sweep's points as local subprocesses, sequenced by foundry.sweeping.
+"""`foundry sweep`: a sweep's points as local subprocesses, sequenced by foundry.sweep.sequence.
 
 Each point's explored stages go through foundry.runner, exactly as `foundry run` runs a plan,
 into the point's own folder of the run (`point-01/`, ...); a stage an earlier point already
@@ -15,8 +15,8 @@ from foundry.plan import Plan, PlannedStage, plan, recipe_hash
 from foundry.recipe.schema import Recipe
 from foundry.runner import Gated, Reporter, StageFailed, StageResult, run_plan
 from foundry.store import Store
-from foundry.sweep import expand
-from foundry.sweeping import GridPoint, Selection, Sweep, document
+from foundry.sweep.plan import expand
+from foundry.sweep.sequence import GridPoint, Selection, Sweep, document
 
 
 class SweepReporter(Protocol):

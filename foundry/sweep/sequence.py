@@ -1,6 +1,6 @@
 """How a sweep runs, whoever runs it: `foundry sweep` (local subprocesses) and the in-cluster driver.
 
-Every grid point is planned as the recipe it becomes (foundry.sweep.expand). First the
+Every grid point is planned as the recipe it becomes (foundry.sweep.plan.expand). First the
 exploration: every point's stages up to and including its evaluation, each key once, so a
 stage the points have in common (a merge upstream of a swept fine-tune or evaluate field)
 runs once and is shared. Then `sweep.select` picks the best point by one metric, read from

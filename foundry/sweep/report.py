@@ -1,4 +1,4 @@
-"""A sweep's report, from its document (foundry.sweeping.document): sweep.json, sweep.md and
+"""A sweep's report, from its document (foundry.sweep.sequence.document): sweep.json, sweep.md and
 sweep.png, the selection metric plotted against the swept parameter.
 
 With one swept path the chart has one line and the winner starred; with several, the first
