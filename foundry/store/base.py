@@ -99,9 +99,22 @@ class Store(ABC):
     url: str
 
     @abstractmethod
+    def _marker_bytes(self, recipe: str, key: str) -> bytes | None:
+        """The `_SUCCESS.json` of `key` as stored, or None when there is none."""
+
     def read_marker(self, recipe: str, key: str) -> dict[str, Any] | None:
         """The parsed `_SUCCESS.json` of `key`, None when there is none; BrokenMarker when it
         is there but unreadable."""
+        raw = self._marker_bytes(recipe, key)
+        return None if raw is None else parse_marker(raw)
+
+    def broken_reason(self, recipe: str, key: str) -> str | None:
+        """Why the marker of `key` is broken, or None when it is whole or absent."""
+        try:
+            self.read_marker(recipe, key)
+        except BrokenMarker as broken:
+            return str(broken)
+        return None
 
     def marker(self, recipe: str, key: str) -> dict[str, Any] | None:
         """The marker of a committed key, or None: a broken marker counts as none."""

@@ -20,17 +20,7 @@ from typing import Any
 
 from foundry import temporaries
 from foundry.manifest import verify_files
-from foundry.store.base import (
-    SUCCESS_MARKER,
-    BrokenMarker,
-    CommittedKey,
-    DamagedKey,
-    Leftover,
-    Store,
-    document_parts,
-    is_recipe_folder,
-    parse_marker,
-)
+from foundry.store.base import SUCCESS_MARKER, CommittedKey, DamagedKey, Leftover, Store, document_parts, is_recipe_folder
 
 _STAGING = ".staging"
 BROKEN_KEY = "broken key"
@@ -47,13 +37,13 @@ class LocalStore(Store):
     def location(self, recipe: str, key: str) -> str:
         return str(self._key_dir(recipe, key))
 
-    def read_marker(self, recipe: str, key: str) -> dict[str, Any] | None:
+    def _marker_bytes(self, recipe: str, key: str) -> bytes | None:
         try:
-            return parse_marker((self._key_dir(recipe, key) / SUCCESS_MARKER).read_bytes())
+            return (self._key_dir(recipe, key) / SUCCESS_MARKER).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
         except IsADirectoryError:
-            raise BrokenMarker(f"{SUCCESS_MARKER} is a folder") from None
+            return b""          # not a marker: broken
 
     def fetch(self, recipe: str, key: str) -> Path:
         """The committed folder itself, once every file is re-hashed against the marker: one
@@ -121,10 +111,9 @@ class LocalStore(Store):
     def broken_keys(self, recipe: str | None = None) -> Iterator[tuple[str, str, str]]:
         for recipe_dir in self._recipe_dirs(recipe):
             for key_dir in sorted(p for p in recipe_dir.glob("*") if p.is_dir() and not p.name.startswith(".")):
-                try:
-                    self.read_marker(recipe_dir.name, key_dir.name)
-                except BrokenMarker as broken:
-                    yield recipe_dir.name, key_dir.name, str(broken)
+                reason = self.broken_reason(recipe_dir.name, key_dir.name)
+                if reason is not None:
+                    yield recipe_dir.name, key_dir.name, reason
 
     def leftovers(self) -> Iterator[Leftover]:
         broken = {(name, key) for name, key, _ in self.broken_keys()}

@@ -36,17 +36,7 @@ from foundry.s3 import client as s3client
 from foundry.s3.client import S3Location
 from foundry.s3.files import S3Files, delete_objects, list_objects, read_bytes, read_json
 from foundry.s3.transfer import Download, IntegrityError, TransferConfig, Upload, download_files, upload_files
-from foundry.store.base import (
-    SUCCESS_MARKER,
-    BrokenMarker,
-    CommittedKey,
-    DamagedKey,
-    Leftover,
-    Store,
-    document_parts,
-    is_recipe_folder,
-    parse_marker,
-)
+from foundry.store.base import SUCCESS_MARKER, BrokenMarker, CommittedKey, DamagedKey, Leftover, Store, document_parts, is_recipe_folder, parse_marker
 
 LOG = logging.getLogger("foundry.store")
 SCRATCH_ENV = "FOUNDRY_SCRATCH"
@@ -86,10 +76,9 @@ class S3Store(Store):
 
     # --- reading ---------------------------------------------------------------------------
 
-    def read_marker(self, recipe: str, key: str) -> dict[str, Any] | None:
+    def _marker_bytes(self, recipe: str, key: str) -> bytes | None:
         with self._errors(f"{recipe}/{key}"):
-            raw = read_bytes(self.s3, self._key(recipe, key).child(SUCCESS_MARKER))
-        return None if raw is None else parse_marker(raw)
+            return read_bytes(self.s3, self._key(recipe, key).child(SUCCESS_MARKER))
 
     def fetch(self, recipe: str, key: str) -> Path:
         record = self.marker(recipe, key)
@@ -131,12 +120,9 @@ class S3Store(Store):
     def broken_keys(self, recipe: str | None = None) -> Iterator[tuple[str, str, str]]:
         """One GET per marked key: the listing alone cannot tell a broken marker from a whole one."""
         for (name, key), scan in sorted(self._scan(recipe).items()):
-            if scan.marked is None:
-                continue
-            try:
-                self.read_marker(name, key)
-            except BrokenMarker as broken:
-                yield name, key, str(broken)
+            reason = None if scan.marked is None else self.broken_reason(name, key)
+            if reason is not None:
+                yield name, key, reason
 
     # --- writing ---------------------------------------------------------------------------
 
