@@ -4,9 +4,10 @@ answer is handed to `delete`.
 Garbage is of three kinds:
 - leftovers of crashes: keys without a marker (or with a broken one), staging folders,
   unfinished multipart uploads;
-- a killed publish's temporaries in the local folders models are published to (the folders
-  the recipes and the committed publish keys name): hidden copies and catalogue writes of a
-  writer that is gone (foundry/temporaries.py tells dead from live), whatever their age;
+- what a killed publish left where models are published (the places the recipes and the
+  committed publish keys name): in a local folder, hidden copies and catalogue writes of a
+  writer that is gone (foundry/temporaries.py tells dead from live), whatever their age; in
+  a bucket, version folders without their manifest.json (an upload that never finished);
 - committed keys nothing refers to: no recipe of the recipes folder plans them (with its
   current parameters, at any point of its sweep), and no catalogue lists the model they
   published, nor, through a publish key's inputs, one made from them.
@@ -29,6 +30,7 @@ from foundry.store import CommittedKey, Leftover, Store
 
 UNREFERENCED = "unreferenced key"
 PUBLISH_TEMPORARY = "publish temporary"
+UNFINISHED_PUBLISH = "unfinished publish"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -74,10 +76,12 @@ def collect(store: Store, recipes_dir: Path, *, older_than: float, now: float | 
         if (item.recipe, item.key) not in kept and item.recipe not in protected
     ]
     candidates += [Candidate(item.recipe, item.name, item.kind, item.size_bytes, now - item.modified, item) for item in store.leftovers()]
-    candidates += [
-        Candidate(recipe, str(item.path), PUBLISH_TEMPORARY, item.size_bytes, math.inf if item.dead else now - item.modified)
-        for folder, recipe in sorted(web.items()) for item in temporaries.find(folder)
-    ]
+    for location, recipe in sorted(web.items()):
+        if location.startswith("s3://"):
+            candidates += [Candidate(recipe, url, UNFINISHED_PUBLISH, size, now - newest) for url, size, newest in _unfinished_versions(location, found.warnings)]
+        else:
+            candidates += [Candidate(recipe, str(item.path), PUBLISH_TEMPORARY, item.size_bytes, math.inf if item.dead else now - item.modified)
+                           for item in temporaries.find(Path(location))]
     for candidate in candidates:
         (found.doomed if candidate.age_seconds >= older_than else found.recent).append(candidate)
     return found
@@ -89,13 +93,17 @@ def delete(store: Store, doomed: Iterable[Candidate]) -> None:
             store.remove_leftover(candidate.leftover)
         elif candidate.kind == PUBLISH_TEMPORARY:
             temporaries.remove(Path(candidate.name))
+        elif candidate.kind == UNFINISHED_PUBLISH:
+            from foundry.s3 import publish as s3_publish
+
+            s3_publish.remove_unfinished(candidate.name)
         else:
             store.discard(candidate.recipe, candidate.name)
 
 
-def _planned_keys(recipes_dir: Path, warnings: list[str]) -> tuple[set[tuple[str, str]], set[str], dict[Path, str]]:
+def _planned_keys(recipes_dir: Path, warnings: list[str]) -> tuple[set[tuple[str, str]], set[str], dict[str, str]]:
     """(recipe, key) of every stage the recipes plan, the names of recipes that would not plan,
-    and the local folders their publish stages write to (with the recipe that names each)."""
+    and where their publish stages write to (with the recipe that names each)."""
     from foundry.commands.lint import recipe_files
     from foundry.plan import plan
     from foundry.recipe.load import load_recipe
@@ -105,7 +113,7 @@ def _planned_keys(recipes_dir: Path, warnings: list[str]) -> tuple[set[tuple[str
         raise UserError(f"--recipes {recipes_dir}: no such folder; gc keeps every key its recipes plan, so it needs them")
     keys: set[tuple[str, str]] = set()
     protected: set[str] = set()
-    web: dict[Path, str] = {}
+    web: dict[str, str] = {}
     for path in recipe_files([recipes_dir]):
         try:
             plans = [plan(point.recipe) for point in expand(load_recipe(path))]    # every point of a sweep
@@ -121,9 +129,9 @@ def _planned_keys(recipes_dir: Path, warnings: list[str]) -> tuple[set[tuple[str
     return keys, protected, web
 
 
-def _published_keys(store: Store, committed: list[CommittedKey], warnings: list[str], web: dict[Path, str]) -> set[tuple[str, str]]:
-    """Publish keys whose model a catalogue lists now, and every key they were made from; the
-    local folders they published to go into `web`."""
+def _published_keys(store: Store, committed: list[CommittedKey], warnings: list[str], web: dict[str, str]) -> set[tuple[str, str]]:
+    """Publish keys whose model a catalogue lists now, and every key they were made from;
+    the local folders they published to go into `web`."""
     catalogs: dict[str, dict[str, Any] | None] = {}
     kept: set[tuple[str, str]] = set()
     for item in committed:
@@ -134,8 +142,8 @@ def _published_keys(store: Store, committed: list[CommittedKey], warnings: list[
         location, entry_key = result.get("catalog"), result.get("entry_key")
         if not isinstance(location, str) or not isinstance(entry_key, str):
             continue
-        published = result.get("published")
-        _web_folders(web, item.recipe, str(Path(published).parent) if isinstance(published, str) else None, location)
+        published = result.get("published")    # a local <to>/<id> (a bucket's `to` comes from the recipes)
+        _web_folders(web, item.recipe, str(Path(published).parent) if isinstance(published, str) and "://" not in published else None, location)
         if location not in catalogs:
             catalogs[location] = _read_catalog(location, warnings)
         listed = catalogs[location]
@@ -144,8 +152,11 @@ def _published_keys(store: Store, committed: list[CommittedKey], warnings: list[
     return kept
 
 
-def _web_folders(web: dict[Path, str], recipe: str, folder: Any, catalogue: Any) -> None:
-    """Add the local folders a publish writes to, `folder` and the one holding `catalogue`, to `web`."""
+def _web_folders(web: dict[str, str], recipe: str, folder: Any, catalogue: Any) -> None:
+    """Add where a publish writes to `web`: the local `folder` and the one holding `catalogue`;
+    a bucket's `folder` (s3://...: where its versions go) as it is."""
+    if isinstance(folder, str) and folder.startswith("s3://"):
+        web.setdefault(folder.rstrip("/"), recipe)
     for location, is_file in ((folder, False), (catalogue, True)):
         if not isinstance(location, str) or not location or location.startswith("s3://"):
             continue
@@ -153,7 +164,17 @@ def _web_folders(web: dict[Path, str], recipe: str, folder: Any, catalogue: Any)
             path = catalog.local_path(location, "publish")
         except UserError:
             continue
-        web.setdefault(path.parent if is_file else path, recipe)
+        web.setdefault(str(path.parent if is_file else path), recipe)
+
+
+def _unfinished_versions(location: str, warnings: list[str]) -> list[tuple[str, int, float]]:
+    from foundry.s3 import publish as s3_publish
+
+    try:
+        return s3_publish.unfinished_versions(location)
+    except Exception as error:  # noqa: BLE001 - unreadable: nothing listed, and say so
+        warnings.append(f"publish.to {location}: cannot be listed ({str(error).splitlines()[0]}); its unfinished versions are not looked for")
+        return []
 
 
 def _lists(entry: Any, marker: dict[str, Any]) -> bool:
