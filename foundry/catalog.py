@@ -32,12 +32,11 @@ import os
 import time
 import urllib.parse
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from foundry import __version__
+from foundry import __version__, temporaries
 from foundry.errors import UserError
 
 CATALOG_NAME = "models.json"
@@ -175,7 +174,7 @@ def write(path: Path, catalog: dict[str, Any]) -> None:
     """Replace the catalogue at `path` whole: temporary file in the same folder, fsync, rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    temporary = temporaries.beside(path)
     # Web servers must read it: 0644 (less the umask), or the mode of the file it replaces.
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:

@@ -117,11 +117,15 @@ def sweep(
 
 
 @app.command()
-def verify(target: str = typer.Argument(..., help="A published model folder, a stage key folder, or RECIPE/KEY in the store.", show_default=False), store: str | None = StoreOpt) -> None:
+def verify(
+    target: str | None = typer.Argument(None, help="A published model folder, a stage key folder, or RECIPE/KEY in the store. [default: every key of the store]", show_default=False),
+    store: str | None = StoreOpt,
+    repair: bool = typer.Option(False, "--repair", help="Delete each damaged or broken key from the store, so that the next run rebuilds it."),
+) -> None:
     """Re-hash every file of a published model or stage key; name what is missing or corrupted."""
     from foundry.commands.verify import verify_target
 
-    raise typer.Exit(0 if verify_target(target, store) else 1)
+    raise typer.Exit(0 if verify_target(target, store, repair=repair) else 1)
 
 
 @app.command()

@@ -8,6 +8,7 @@ with their sizes and agreement numbers. It is written last, after every file it 
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
 
@@ -15,6 +16,7 @@ from foundry import __version__
 from foundry.hashing import sha256_file
 
 MANIFEST_NAME = "manifest.json"
+_HASH_WORKERS = 4
 FORMAT_VERSION = 1
 
 
@@ -58,7 +60,8 @@ def read(folder: Path) -> dict[str, Any]:
     return json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
 
 
-def _unsafe(path: str) -> bool:
+def is_unsafe(path: str) -> bool:
+    """Whether a listed path could name something outside its folder."""
     posix = PurePosixPath(path)
     return not path or posix.is_absolute() or ".." in posix.parts or "\\" in path
 
@@ -98,7 +101,19 @@ class LocalFiles:
         return {path: (self.folder / path).stat().st_size for path in list_paths(self.folder, exclude="")}
 
     def digests(self, paths: list[str]) -> dict[str, str | None]:
-        return {path: sha256_file(self.folder / path) for path in paths}
+        """Several files at once: hashlib and reads release the GIL, so shards hash in parallel."""
+        workers = min(len(paths), os.cpu_count() or 1, _HASH_WORKERS)
+        if workers <= 1:
+            return {path: _digest(self.folder / path) for path in paths}
+        with ThreadPoolExecutor(workers, thread_name_prefix="foundry-hash") as pool:
+            return dict(zip(paths, pool.map(lambda path: _digest(self.folder / path), paths), strict=True))
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return sha256_file(path)
+    except FileNotFoundError:       # vanished since it was listed
+        return None
 
 
 def verify_files(folder: Path, entries: Any, *, listing: str, strict: bool = True) -> list[str]:
@@ -121,7 +136,7 @@ def verify_source(source: FileSource, entries: Any, *, listing: str, strict: boo
     for entry in entries:
         problems.append([])
         path = entry.get("path", "") if isinstance(entry, dict) else ""
-        if not isinstance(path, str) or _unsafe(path):
+        if not isinstance(path, str) or is_unsafe(path):
             problems[-1].append(f"{listing}: refuses to check {path!r}, a path outside the folder")
             continue
         listed.add(path)

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from foundry.reports import number, temporary_beside
+from foundry import temporaries
+from foundry.reports import number
 
 PLAIN = "#8da0cb"
 HIGHLIGHT = "#e4572e"
@@ -112,7 +113,7 @@ def _draw_bars(axes: Any, panel: BarPanel) -> None:
 
 def _save(figure: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_beside(path)
+    temporary = temporaries.beside(path)
     try:
         figure.savefig(temporary, format="png", metadata={"Software": None})
         os.replace(temporary, path)

@@ -8,20 +8,16 @@ artifacts) sees the previous report or the new one, never half of one.
 import json
 import os
 import sys
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
-def temporary_beside(path: Path) -> Path:
-    """A hidden name in the same folder, so the final rename never crosses filesystems."""
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+from foundry import temporaries
 
 
 def write_text(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_beside(path)
+    temporary = temporaries.beside(path)   # hidden, in the same folder: the rename never crosses filesystems
     try:
         temporary.write_text(text)
         os.replace(temporary, path)

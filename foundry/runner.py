@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,6 +74,22 @@ def select_stages(plan: Plan, only: str | None, until: str | None) -> list[Plann
         last = STAGE_ORDER.index(until)  # type: ignore[arg-type]
         return [s for s in plan.stages if STAGE_ORDER.index(s.stage) <= last]
     return list(plan.stages)
+
+
+def new_run_dir(runs_dir: Path, name: str) -> Path:
+    """A folder of this run's own under `runs_dir`: `<name>-<YYYYmmdd-HHMMSS>-<random>`.
+
+    Created here, exclusively: two runs started in the same second (of one recipe or of
+    recipes with the same name) never share a folder, so never overwrite each other's specs.
+    """
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    while True:
+        run_dir = runs_dir / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        try:
+            run_dir.mkdir()
+        except FileExistsError:
+            continue
+        return run_dir
 
 
 def run_plan(plan: Plan, store: Store, run_dir: Path, stages: list[PlannedStage], *, force: bool, report: Reporter) -> list[StageResult]:

@@ -1,9 +1,10 @@
 """`foundry-stage SPEC.json`: the one entry of every stage, in a container or locally.
 
-It resolves the spec's inputs to local folders, gives the stage an empty staging folder,
-and commits that folder with its marker only when the stage returned. Exit codes: 0 done,
-2 bad input (a UserError: the cluster fails such a pod at once instead of retrying it),
-1 anything else.
+It resolves the spec's inputs to local folders (each committed key re-hashed against its
+marker first: a damaged one is never used), gives the stage an empty staging folder, and
+commits that folder with its marker only when the stage returned. Exit codes: 0 done,
+2 bad input or a damaged input key (a UserError: no retry fixes either, so the cluster
+fails such a pod at once instead of retrying it), 1 anything else.
 """
 
 import argparse

@@ -203,7 +203,7 @@ def test_cli_compares_every_kind_of_input_and_writes_json_markdown_and_png(world
     assert "No winner is named for arith.tokens_per_answer" in markdown
     assert "arith.mean_latency_s ↓" in result.stdout
     assert_png(out / "compare.png")
-    assert not list(out.glob(".*.tmp"))
+    assert not list(out.glob(".*")), "no temporary left behind"
 
 
 def test_help_does_not_import_matplotlib() -> None:

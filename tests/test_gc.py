@@ -120,3 +120,25 @@ def test_the_store_s_own_records_are_never_garbage(setup: tuple[Store, Path, lis
     store.put_document("_runs/r-1/status.json", {"state": "done"})
     assert gc.collect(store, recipes, older_than=0).doomed == []
     assert json.loads((store.root / "_runs" / "r-1" / "status.json").read_text()) == {"state": "done"}
+
+
+def test_an_unfinished_publish_in_a_bucket_is_listed_and_deleted(tmp_path: Path, bucket: str) -> None:
+    """A publish killed while uploading leaves a version folder without its manifest.json."""
+    from foundry.s3 import client as s3client
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    text = (REPO / "recipes" / "tiny-demo.yml").read_text().replace("to: ./.foundry/published/models", f"to: s3://{bucket}/site/models")
+    (recipes / "tiny-demo.yml").write_text(text)
+    s3 = s3client.client()
+    for key in ("site/models/m/0123/onnx/model_q4.onnx", "site/models/m/0123/config.json",         # unfinished
+                "site/models/m/4567/config.json", "site/models/m/4567/manifest.json",           # whole
+                "site/models/models.json"):
+        s3.put_object(Bucket=bucket, Key=key, Body=b"{}")
+    store = open_store(str(tmp_path / "store"))
+    found = gc.collect(store, recipes, older_than=0)
+    assert names(found) == [("unfinished publish", "tiny-demo", f"s3://{bucket}/site/models/m/0123/")]
+    assert gc.collect(store, recipes, older_than=3600).doomed == [], "a young one may be a publish in flight"
+    gc.delete(store, found.doomed)
+    left = sorted(item["Key"] for item in s3.list_objects_v2(Bucket=bucket)["Contents"])
+    assert left == ["site/models/m/4567/config.json", "site/models/m/4567/manifest.json", "site/models/models.json"]

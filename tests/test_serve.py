@@ -325,3 +325,21 @@ def test_a_missing_variant_or_model_is_refused(published: Path) -> None:
     with pytest.raises(UserError, match=f"--model nope: not published in .*it holds {MODEL_ID}"):
         open_site(published, model="nope")
     assert open_site(published / MODEL_ID).models[0].id == MODEL_ID
+
+
+def test_a_file_damaged_after_start_is_refused_not_sent(server: Any, published: Path) -> None:
+    """Each manifest-listed file is re-hashed when it changes, before it is sent again."""
+    chunk = published / MODEL_ID / "onnx" / "model_q4.onnx_data_2"
+    path = f"/models/{MODEL_ID}/onnx/model_q4.onnx_data_2"
+    original = chunk.read_bytes()
+    assert request(server, "GET", path)[0] == 200
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0x01
+    chunk.write_bytes(bytes(damaged))
+    try:
+        status, _, body = request(server, "GET", path, headers={"Range": "bytes=0-9"})
+        assert status == 500 and b"model_q4.onnx_data_2: sha256 differs from manifest.json (corrupted)" in body
+    finally:
+        chunk.write_bytes(original)
+    status, _, body = request(server, "GET", path)
+    assert (status, body) == (200, original), "restored: hashed again, and sent"

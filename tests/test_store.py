@@ -9,8 +9,7 @@ import pytest
 
 from foundry.errors import UserError
 from foundry.s3 import client as s3client
-from foundry.s3.transfer import IntegrityError
-from foundry.store import SUCCESS_MARKER, Store, build_record, open_store, resolve_store_url
+from foundry.store import SUCCESS_MARKER, DamagedKey, Store, build_record, open_store, resolve_store_url
 from foundry.store.local import LocalStore
 from foundry.store.s3 import S3Store
 
@@ -90,7 +89,7 @@ def test_marker_is_whole_json(store: Store) -> None:
     assert store.marker("r", "k")["result"] == {"a": 1}
     if isinstance(store, LocalStore):
         assert json.loads((store.root / "r" / "k" / SUCCESS_MARKER).read_text())["result"] == {"a": 1}
-        assert not list((store.root / "r" / "k").glob(".*.tmp"))
+        assert not list((store.root / "r" / "k").glob(".*"))
 
 
 def test_verify_names_corrupted_missing_and_unlisted_files(store: Store) -> None:
@@ -162,10 +161,10 @@ def test_fetch_downloads_once_and_reuses_the_cache(s3_store: S3Store, tmp_path: 
     assert s3_store.fetch("r", "k") == cached and (cached / "sub" / "model.bin").read_bytes() == b"abc"
     # another machine (an empty cache) downloads, verifying every file against the marker
     monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache2"))
-    with pytest.raises(IntegrityError, match="sub/model.bin: missing"):
+    with pytest.raises(DamagedKey, match=r"artifacts/r/k/sub/model.bin: missing: key r/k is damaged .* --repair"):
         s3_store.fetch("r", "k")
     _plant(s3_store, "r", "k", "sub/model.bin", b"abd")
-    with pytest.raises(IntegrityError, match=r"sub/model.bin: sha256 .* \(corrupted\)"):
+    with pytest.raises(DamagedKey, match=r"artifacts/r/k/sub/model.bin: sha256 .* \(corrupted\): key r/k is damaged"):
         s3_store.fetch("r", "k")
     assert not any((tmp_path / "cache2").rglob("model.bin")), "nothing half-fetched is left to be trusted"
     _plant(s3_store, "r", "k", "sub/model.bin", b"abc")
@@ -180,7 +179,7 @@ def test_a_recommitted_key_replaces_a_stale_cache(s3_store: S3Store, tmp_path: P
     first = s3_store.fetch("r", "k")
     _commit(s3_store, "k", b"two")
     assert s3_store.fetch("r", "k") == first and (first / "sub" / "model.bin").read_bytes() == b"two"
-    assert sorted(p.name for p in first.parent.iterdir()) == ["k"], "no temporary folder left beside the cache"
+    assert sorted(p.name for p in first.parent.iterdir()) == [".k.lock", "k"], "no temporary folder left beside the cache"
 
 
 def test_unfinished_multipart_uploads_are_leftovers(s3_store: S3Store) -> None:
@@ -218,3 +217,90 @@ def test_opening_an_s3_store_writes_nothing(bucket: str) -> None:
     open_store(f"s3://{bucket}/artifacts")
     assert s3client.client().list_objects_v2(Bucket=bucket).get("KeyCount") == 0
     assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+
+
+# --- damage is never passed on ---------------------------------------------------------------
+
+def _flip(path: Path, offset: int = 1) -> None:
+    """One byte changed in place, size kept: what bit rot or a stray write does."""
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_fetch_refuses_a_damaged_local_key(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    _commit(store, "k", b"0123456789")
+    _flip(store.root / "r" / "k" / "sub" / "model.bin")
+    with pytest.raises(DamagedKey) as refused:
+        store.fetch("r", "k")
+    assert str(refused.value) == (f"{store.root}/r/k/sub/model.bin: sha256 differs from _SUCCESS.json (corrupted): key r/k is damaged and was not used; "
+                                  "`foundry verify r/k --repair` deletes it so that the next run rebuilds it")
+    assert isinstance(refused.value, UserError), "exit 2: no retry fixes it"
+    _plant(store, "r", "k", "extra.bin", b"x")
+    with pytest.raises(DamagedKey, match=r"\(and 1 more problem\(s\)\)"):
+        store.fetch("r", "k")
+
+
+def test_a_damaged_cache_copy_is_downloaded_again_never_used(s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache"))
+    _commit(s3_store, "k", b"0123456789")
+    cached = s3_store.fetch("r", "k")
+    _flip(cached / "sub" / "model.bin")
+    assert (s3_store.fetch("r", "k") / "sub" / "model.bin").read_bytes() == b"0123456789"
+    (cached / "sub" / "model.bin").write_bytes(b"012345678")         # truncated
+    assert (s3_store.fetch("r", "k") / "sub" / "model.bin").read_bytes() == b"0123456789"
+    # damaged in the bucket too: refused, naming the object, and the cache copy is not used
+    _flip(cached / "sub" / "model.bin")
+    _plant(s3_store, "r", "k", "sub/model.bin", b"0123456780")
+    with pytest.raises(DamagedKey, match=r"artifacts/r/k/sub/model.bin: sha256 .* \(corrupted\): key r/k is damaged"):
+        s3_store.fetch("r", "k")
+
+
+@pytest.mark.parametrize("marker", [b"\xff\xfe{}", b'{"key": "k", "files": [', b"[1, 2]", b'{"key": "k"}'], ids=["not-utf8", "truncated", "list", "no-files"])
+def test_a_broken_marker_is_a_broken_key_never_committed(store: Store, marker: bytes, capsys: pytest.CaptureFixture[str]) -> None:
+    from foundry.commands.artifacts import list_artifacts
+    from foundry.commands.verify import verify_target
+
+    _commit(store, "good")
+    _commit(store, "k")
+    _plant(store, "r", "k", SUCCESS_MARKER, marker)
+    assert store.marker("r", "k") is None and not store.is_committed("r", "k")
+    [(recipe, key, reason)] = store.broken_keys()
+    assert (recipe, key) == ("r", "k") and reason.startswith(SUCCESS_MARKER)
+    [problem] = store.verify("r", "k")
+    assert problem.startswith(f"{SUCCESS_MARKER} ") and problem.endswith("(a broken key: counted as not committed)")
+    list_artifacts(None, store.url)
+    out, err = capsys.readouterr()
+    assert err.startswith(f"broken key r/k: {reason};") and err.count("\n") == 1 and "good" in out and " k " not in out
+    assert verify_target("r/k", store.url) is False
+    assert capsys.readouterr().err.count("\n") == 1
+    assert verify_target(None, store.url, repair=True) is True, "--repair deletes the broken key"
+    assert "deleted r/k" in capsys.readouterr().out
+    assert list(store.broken_keys()) == [] and store.is_committed("r", "good")
+    _plant(store, "r", "k", SUCCESS_MARKER, marker)
+    _commit(store, "k")
+    assert store.verify("r", "k") == [], "a commit replaces a broken key"
+
+
+def test_gc_lists_a_broken_local_key_as_a_leftover(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    _commit(store, "k")
+    _plant(store, "r", "k", SUCCESS_MARKER, b"[]")
+    [leftover] = store.leftovers()
+    assert (leftover.name, leftover.kind) == ("k", "broken key")
+    store.remove_leftover(leftover)
+    assert not (store.root / "r" / "k").exists()
+
+
+def test_concurrent_commits_of_one_key_all_succeed(tmp_path: Path) -> None:
+    """Runs started together commit the same key at once: none fails, the key ends whole."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = open_store(str(tmp_path / "store"))
+    stagings = [_stage_output(store, "k", b"same bytes") for _ in range(12)]
+    records = [build_record(staging, key="k", stage="merge", recipe="r", started=0.0, extra={}) for staging in stagings]
+    with ThreadPoolExecutor(12) as pool:
+        list(pool.map(lambda pair: store.commit("r", "k", *pair), zip(stagings, records, strict=True)))
+    assert store.verify("r", "k") == [] and list(store.leftovers()) == []
+    assert sorted(p.name for p in (store.root / "r").iterdir()) == [".staging", "k"] and not any((store.root / "r" / ".staging").iterdir())

@@ -1,5 +1,6 @@
 """`foundry artifacts ls` and `foundry gc`: what a store holds, and clearing what nothing needs."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -17,7 +18,10 @@ _out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 def list_artifacts(recipe: str | None, store_flag: str | None) -> None:
     store = open_store(resolve_store_url(store_flag))
-    keys = list(store.list_committed(recipe))
+    broken = {(name, key): reason for name, key, reason in store.broken_keys(recipe)}
+    for (name, key), reason in broken.items():
+        typer.echo(f"broken key {name}/{key}: {reason}; counted as not committed (`foundry verify --repair` deletes it)", err=True)
+    keys = [item for item in store.list_committed(recipe) if (item.recipe, item.key) not in broken]
     if not keys:
         typer.echo(f"no committed keys{f' of recipe {recipe}' if recipe else ''} in {store.url}")
         return
@@ -54,6 +58,8 @@ def collect_garbage(store_flag: str | None, recipes_dir: Path, older_than: str, 
 
 
 def _age(seconds: float) -> str:
+    if seconds == math.inf:
+        return "writer gone"
     for unit, span in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= span:
             return f"{seconds / span:.1f}{unit}"

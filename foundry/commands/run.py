@@ -1,6 +1,5 @@
 """`foundry run` and `foundry plan`: a recipe on this machine, with progress and a summary."""
 
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -13,7 +12,7 @@ from foundry.gate import GATED_EXIT_CODE
 from foundry.plan import Plan, PlannedStage, plan
 from foundry.recipe.load import load_recipe
 from foundry.recipe.schema import Recipe
-from foundry.runner import Gated, StageFailed, StageResult, run_plan, select_stages
+from foundry.runner import Gated, StageFailed, StageResult, new_run_dir, run_plan, select_stages
 from foundry.store import Store, open_store, resolve_store_url
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -46,7 +45,7 @@ def run_recipe(recipe_path: Path, store_flag: str | None, runs_dir: Path, *, for
     the_plan, store = _load(recipe_path, store_flag, strict)
     stages = select_stages(the_plan, only, until)
     check_publish_target(the_plan, store, stages, force)
-    run_dir = runs_dir / f"{the_plan.recipe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = new_run_dir(runs_dir, the_plan.recipe)
     console.print(f"run {the_plan.recipe}: {len(stages)} stage(s), store {store.url}, logs in {run_dir}")
     progress = Progress()
     try:

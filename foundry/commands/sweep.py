@@ -1,7 +1,6 @@
 """`foundry sweep`: every point of a recipe's grid on this machine, the best one published,
 with progress, a table per point and a report (sweep.json, sweep.md, sweep.png) in the run folder."""
 
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -14,7 +13,7 @@ from foundry.gate import GATED_EXIT_CODE
 from foundry.plan import Plan, PlannedStage
 from foundry.recipe.load import load_recipe
 from foundry.reports import number
-from foundry.runner import StageFailed
+from foundry.runner import StageFailed, new_run_dir
 from foundry.store import Store, open_store, resolve_store_url
 from foundry.sweep.local import SweepRun, plan_sweep, run_sweep
 from foundry.sweep.report import MARKDOWN_FILE, write_report
@@ -30,7 +29,7 @@ def sweep_recipe(recipe_path: Path, store_flag: str | None, runs_dir: Path, *, f
         _show_plan(sweep, store)
         return 0
     _check_publish_targets(plans, store, force)
-    run_dir = runs_dir / f"{sweep.recipe}-sweep-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = new_run_dir(runs_dir, f"{sweep.recipe}-sweep")
     explored = sweep.exploration()
     console.print(f"sweep {sweep.recipe}: {len(sweep.points)} point(s) over {', '.join(sweep.paths)}, {len(explored)} distinct stage(s) to explore "
                   f"({sum(len(point.explored) for point in sweep.points)} across points), store {store.url}, logs and report in {run_dir}")

@@ -43,15 +43,20 @@ def delete_objects(s3: BaseClient, bucket: str, keys: list[str]) -> None:
             raise RuntimeError(f"s3://{bucket}/{first.get('Key')}: delete refused ({first.get('Code')}: {first.get('Message')})")
 
 
-def read_json(s3: BaseClient, location: S3Location) -> Any | None:
-    """The JSON document at `location`, or None when there is no such object."""
+def read_bytes(s3: BaseClient, location: S3Location) -> bytes | None:
+    """The object at `location`, or None when there is no such object."""
     try:
-        body = s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
+        return s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
     except ClientError as error:
         if is_missing(error):
             return None
         raise
-    return json.loads(body)
+
+
+def read_json(s3: BaseClient, location: S3Location) -> Any | None:
+    """The JSON document at `location`, or None when there is no such object."""
+    body = read_bytes(s3, location)
+    return None if body is None else json.loads(body)
 
 
 class S3Files:

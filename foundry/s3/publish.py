@@ -16,14 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from botocore.client import BaseClient
-from botocore.exceptions import ClientError
 
 from foundry import catalog, manifest
 from foundry.errors import UserError
 from foundry.hashing import short_hash
 from foundry.s3 import catalog as s3catalog
-from foundry.s3.client import S3Location, check_bucket, client, is_missing, is_s3, parse, user_errors
-from foundry.s3.files import read_json
+from foundry.s3.client import S3Location, check_bucket, client, is_s3, parse, user_errors
+from foundry.s3.files import S3Object, delete_objects, list_objects, read_bytes, read_json
 from foundry.s3.transfer import TransferConfig, Upload, upload_files
 from foundry.web import assets, page
 
@@ -72,11 +71,39 @@ class S3Target:
         with user_errors(self.s3, parent.bucket, f"publish.catalog {self.catalog.url}"):
             for name, source in assets.page_files().items():
                 where = parent.child(name)
-                if name == assets.INDEX and page.skip_index(_read_bytes(self.s3, where), where.url):
+                if name == assets.INDEX and page.skip_index(read_bytes(self.s3, where), where.url):
                     continue
                 self.s3.put_object(Bucket=where.bucket, Key=where.key, Body=source.read_bytes(), ContentType=assets.content_type(name), CacheControl=PAGE_CACHE)
                 written.append(where.url)
         return written
+
+
+def unfinished_versions(to: str) -> list[tuple[str, int, float]]:
+    """(URL, bytes, newest upload's time) of each `<to>/<id>/<version>/` folder without its
+    manifest: a publish killed while uploading (`foundry gc` lists them; a re-run of the same
+    version completes one instead)."""
+    where = parse(to, "publish.to")
+    s3 = client()
+    folders: dict[str, list[S3Object]] = {}
+    with user_errors(s3, where.bucket, f"publish.to {to}"):
+        for item in list_objects(s3, where.bucket, where.prefix):
+            parts = item.key.removeprefix(where.prefix).split("/", 2)
+            if len(parts) == 3:
+                folders.setdefault(f"{parts[0]}/{parts[1]}", []).append(item)
+    return [
+        (where.child(folder).url + "/", sum(item.size for item in items), max(item.modified.timestamp() for item in items))
+        for folder, items in sorted(folders.items())
+        if where.child(folder, manifest.MANIFEST_NAME).key not in {item.key for item in items}
+    ]
+
+
+def remove_unfinished(url: str) -> None:
+    """Delete a version folder `unfinished_versions` listed, unless its manifest arrived since."""
+    folder = parse(url, "publish.to")
+    s3 = client()
+    with user_errors(s3, folder.bucket, f"publish.to {url}"):
+        if read_bytes(s3, folder.child(manifest.MANIFEST_NAME)) is None:
+            delete_objects(s3, folder.bucket, [item.key for item in list_objects(s3, folder.bucket, folder.prefix)])
 
 
 def wants_s3(to: Any, catalog_location: Any) -> bool:
@@ -100,15 +127,6 @@ def open_target(to: str, catalog_location: str | None) -> S3Target:
         check_bucket(s3, where, "publish.catalog")
     s3catalog.read(s3, where)       # an invalid catalogue is refused before anything is uploaded
     return S3Target(target, where, s3)
-
-
-def _read_bytes(s3: BaseClient, location: S3Location) -> bytes | None:
-    try:
-        return s3.get_object(Bucket=location.bucket, Key=location.key)["Body"].read()
-    except ClientError as error:
-        if is_missing(error):
-            return None
-        raise
 
 
 def content_type(path: str) -> str:

@@ -9,15 +9,21 @@
   several ranges get the whole file (RFC 9110 lets a server ignore Range), an unsatisfiable
   one 416;
 - validators: an ETag from size and modification time, Last-Modified, If-None-Match,
-  If-Modified-Since and If-Range.
+  If-Modified-Since and If-Range;
+- integrity: a file a manifest lists is re-hashed before it is first sent, and again whenever
+  it changes (inode, size or modification time); one that does not match is refused.
 """
 
 import email.utils
 import os
 import re
+import threading
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+
+from foundry.hashing import sha256_file
+from foundry.manifest import MANIFEST_NAME
 
 TEXT = "; charset=utf-8"
 CONTENT_TYPES = {
@@ -120,3 +126,34 @@ def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
     if first >= size:
         return UNSATISFIABLE
     return first, min(int(last_text), size - 1) if last_text else size - 1
+
+
+class Integrity:
+    """The manifests' word on each file they list, checked before the file is first sent.
+
+    A verdict is kept per file version (inode, size, modification time), so a file is hashed
+    once however many requests (and byte ranges) ask for it; a changed file is hashed again.
+    """
+
+    def __init__(self, recorded: dict[Path, tuple[int, str]]) -> None:
+        self.recorded = recorded
+        self._verdicts: dict[Path, tuple[tuple[int, int, int], str | None]] = {}
+        self._lock = threading.Lock()
+
+    def problem(self, path: Path, stat: os.stat_result) -> str | None:
+        """Why `path` (resolved, as `resolve` returns it) must not be sent; None when it may."""
+        expected = self.recorded.get(path)
+        if expected is None:
+            return None
+        size, digest = expected
+        if stat.st_size != size:
+            return f"size {stat.st_size} bytes, {MANIFEST_NAME} says {size} (truncated or replaced)"
+        version = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        with self._lock:
+            known = self._verdicts.get(path)
+        if known is not None and known[0] == version:
+            return known[1]
+        verdict = None if sha256_file(path) == digest else f"sha256 differs from {MANIFEST_NAME} (corrupted)"
+        with self._lock:
+            self._verdicts[path] = (version, verdict)
+        return verdict

@@ -54,6 +54,7 @@ class FoundryServer(ThreadingHTTPServer):
         self.mounts: dict[str, Path] = dict(site.mounts)
         self.node_modules = _local_dirs()
         self.mounts.update(self.node_modules or {})
+        self.integrity = files.Integrity(site.recorded)
         self.models: dict[str, Any] = {}          # id and catalogue key -> engine.Model
         self._thread: threading.Thread | None = None
 
@@ -274,6 +275,11 @@ class Handler(BaseHTTPRequestHandler):
             return
         with open(found, "rb") as handle:
             stat = os.fstat(handle.fileno())
+            damage = self.server.integrity.problem(found, stat)
+            if damage is not None:
+                LOG.error("%s: %s; refused (republish the model; `foundry verify` lists every problem)", found, damage)
+                self._send_text(500, f"{urllib.parse.unquote(path)}: {damage}; foundry serve does not send a damaged file: republish the model\n")
+                return
             data = self._page(found, handle)
             validators = files.Validators.of(stat)
             if data is not None:

@@ -7,7 +7,9 @@ that every URL a catalogue entry names works: the folder itself at `/` and at `/
 
 The API serves one variant of each model; that variant's files and the shared ones (config,
 tokenizer) are re-hashed against the manifest first, and a missing chunk or a mismatch stops
-the server before it starts, naming the file.
+the server before it starts, naming the file. Every other file a manifest lists (the other
+variants, which browsers load) is re-hashed when first requested (foundry/serve/files.py's
+Integrity), and a damaged one is refused, never sent.
 """
 
 import calendar
@@ -40,6 +42,7 @@ class Site:
     mounts: dict[str, Path]                  # URL path prefix (decoded, ends with "/") -> folder
     models: list[ServedModel]
     notes: list[str] = field(default_factory=list)     # catalogue entries not served, and why
+    recorded: dict[Path, tuple[int, str]] = field(default_factory=dict)    # file (resolved) -> its manifest's size and sha256
 
     def model(self, name: str) -> ServedModel | None:
         return next((served for served in self.models if name in (served.id, served.key)), None)
@@ -67,7 +70,19 @@ def open_site(target: Path, *, model: str | None = None, variant: str | None = N
     else:
         raise UserError(f"{target}: neither a publish folder (no {CATALOG_NAME}) nor a published model (no {MANIFEST_NAME}); `foundry run` publishes one")
     chosen = _choose(candidates, model, root)
-    return Site(root, mounts, [_checked(candidate, variant) for candidate in chosen], notes)
+    return Site(root, mounts, [_checked(candidate, variant) for candidate in chosen], notes, _recorded(candidates))
+
+
+def _recorded(candidates: list[_Candidate]) -> dict[Path, tuple[int, str]]:
+    """What each manifest says of each file it lists, by the file's resolved path."""
+    recorded: dict[Path, tuple[int, str]] = {}
+    for candidate in candidates:
+        entries = candidate.record.get("files")
+        for entry in entries if isinstance(entries, list) else []:
+            path = entry.get("path") if isinstance(entry, dict) else None
+            if isinstance(path, str) and isinstance(entry.get("size"), int) and isinstance(entry.get("sha256"), str) and not manifest.is_unsafe(path):
+                recorded[(candidate.folder / path).resolve()] = (entry["size"], entry["sha256"])
+    return recorded
 
 
 def _from_catalogue(root: Path) -> tuple[list[_Candidate], dict[str, Path], list[str]]:

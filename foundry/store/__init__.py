@@ -9,13 +9,15 @@ import os
 from pathlib import Path
 
 from foundry.errors import UserError
-from foundry.store.base import SUCCESS_MARKER, CommittedKey, Leftover, Store, build_record
+from foundry.store.base import SUCCESS_MARKER, BrokenMarker, CommittedKey, DamagedKey, Leftover, Store, build_record, parse_marker
 from foundry.store.local import LocalStore
 
 DEFAULT_STORE = "./.foundry/store"
 STORE_ENV = "FOUNDRY_STORE"
 
-__all__ = ["SUCCESS_MARKER", "CommittedKey", "Leftover", "Store", "build_record", "open_store", "resolve_store_url"]
+__all__ = [
+    "SUCCESS_MARKER", "BrokenMarker", "CommittedKey", "DamagedKey", "Leftover", "Store", "build_record", "open_store", "parse_marker", "resolve_store_url",
+]
 
 
 def resolve_store_url(flag: str | None) -> str:

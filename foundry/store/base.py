@@ -2,9 +2,18 @@
 
 A stage writes its output into a local staging folder, then `commit` publishes it under
 the stage's key and writes `_SUCCESS.json` last. Readers trust a key only when that
-marker is present, so a crash at any point leaves nothing that looks done.
+marker is present and whole, so a crash at any point leaves nothing that looks done.
+
+A marker that is there but cannot be read (not UTF-8, truncated, not a JSON object, no
+list of files) is a broken key: never trusted, counted as not committed, named in one line
+by `foundry verify` and `artifacts ls`, and removed by `gc` and by the next commit.
+
+`fetch` hands a stage only what its marker promises: every file re-hashed against the
+marker's sha256 (or hashed as it downloads); anything else raises DamagedKey, naming the
+file and the key and how to repair it, instead of passing damaged bytes on.
 """
 
+import json
 import platform
 import time
 from abc import ABC, abstractmethod
@@ -14,9 +23,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from foundry.errors import UserError
 from foundry.hashing import sha256_file
 
 SUCCESS_MARKER = "_SUCCESS.json"
+BROKEN_NOTE = " (a broken key: counted as not committed)"
 
 # Library versions recorded in every marker, when installed, so a result can be traced.
 _TRACKED_DISTRIBUTIONS = (
@@ -45,16 +56,77 @@ class Leftover:
     handle: str         # what `remove_leftover` needs to find it again
 
 
+class BrokenMarker(Exception):
+    """A `_SUCCESS.json` that is there but unreadable; the reason is the message."""
+
+
+class DamagedKey(UserError):
+    """A committed key whose files no longer match its marker: never used, never passed on.
+
+    A UserError (exit 2), because no retry fixes it: the cluster fails the stage's Job at
+    once, and a person deletes the key (`foundry verify RECIPE/KEY --repair`) so that the
+    next run rebuilds it.
+    """
+
+    def __init__(self, recipe: str, key: str, location: str, problems: list[str]) -> None:
+        more = f" (and {len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
+        super().__init__(
+            f"{location.rstrip('/')}/{problems[0]}{more}: key {recipe}/{key} is damaged and was not used; "
+            f"`foundry verify {recipe}/{key} --repair` deletes it so that the next run rebuilds it"
+        )
+        self.problems = problems
+
+
+def parse_marker(raw: bytes, name: str = SUCCESS_MARKER) -> dict[str, Any]:
+    """The content of a `_SUCCESS.json` (or of another listing of files, `name`, such as a
+    manifest.json); BrokenMarker, saying why in a few words, when it is not one."""
+    try:
+        record = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BrokenMarker(f"{name} is not UTF-8 text") from None
+    except json.JSONDecodeError as error:
+        raise BrokenMarker(f"{name} is truncated or not JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    except RecursionError:
+        raise BrokenMarker(f"{name} is nested too deep") from None
+    if not isinstance(record, dict):
+        raise BrokenMarker(f"{name} holds a JSON {type(record).__name__}, not an object")
+    if not isinstance(record.get("files"), list):
+        raise BrokenMarker(f"{name} has no list of files")
+    return record
+
+
 class Store(ABC):
     url: str
 
     @abstractmethod
+    def _marker_bytes(self, recipe: str, key: str) -> bytes | None:
+        """The `_SUCCESS.json` of `key` as stored, or None when there is none."""
+
+    def read_marker(self, recipe: str, key: str) -> dict[str, Any] | None:
+        """The parsed `_SUCCESS.json` of `key`, None when there is none; BrokenMarker when it
+        is there but unreadable."""
+        raw = self._marker_bytes(recipe, key)
+        return None if raw is None else parse_marker(raw)
+
+    def broken_reason(self, recipe: str, key: str) -> str | None:
+        """Why the marker of `key` is broken, or None when it is whole or absent."""
+        try:
+            self.read_marker(recipe, key)
+        except BrokenMarker as broken:
+            return str(broken)
+        return None
+
     def marker(self, recipe: str, key: str) -> dict[str, Any] | None:
-        """The parsed `_SUCCESS.json` of a committed key, or None."""
+        """The marker of a committed key, or None: a broken marker counts as none."""
+        try:
+            return self.read_marker(recipe, key)
+        except BrokenMarker:
+            return None
 
     @abstractmethod
     def fetch(self, recipe: str, key: str) -> Path:
-        """A local folder holding the committed files of `key`."""
+        """A local folder holding the committed files of `key`, each checked against its
+        marker's sha256; DamagedKey when one is missing, changed or extra."""
 
     @abstractmethod
     def new_staging(self, recipe: str, key: str) -> Path:
@@ -76,9 +148,19 @@ class Store(ABC):
     def location(self, recipe: str, key: str) -> str:
         """Where a key lives, for people to read."""
 
-    @abstractmethod
     def verify(self, recipe: str, key: str) -> list[str]:
         """Re-hash a committed key's files where they are stored; one line per problem."""
+        try:
+            record = self.read_marker(recipe, key)
+        except BrokenMarker as broken:
+            return [f"{broken}{BROKEN_NOTE}"]
+        if record is None:
+            return [f"{SUCCESS_MARKER}: missing (the key is not committed)"]
+        return self._check_files(recipe, key, record["files"])
+
+    @abstractmethod
+    def _check_files(self, recipe: str, key: str, entries: list[Any]) -> list[str]:
+        """`verify`'s work, where the files are stored (manifest.verify_source's rules)."""
 
     @abstractmethod
     def leftovers(self) -> Iterator[Leftover]:
@@ -106,6 +188,11 @@ class Store(ABC):
 
     def is_committed(self, recipe: str, key: str) -> bool:
         return self.marker(recipe, key) is not None
+
+    def broken_keys(self, recipe: str | None = None) -> Iterator[tuple[str, str, str]]:
+        """(recipe, key, reason) of each key whose marker is broken; none unless a store can
+        tell cheaply (the local store reads every marker to list keys anyway)."""
+        return iter(())
 
 
 def is_recipe_folder(name: str) -> bool:

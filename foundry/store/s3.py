@@ -7,14 +7,17 @@ crash at any point leaves nothing that looks done. `discard` deletes the marker 
 
 Readers get a local copy: `fetch` downloads a committed key into
 `$FOUNDRY_CACHE/store/<bucket>/<prefix>/<recipe>/<key>/`, checking every file's sha256
-against the marker, by way of a temporary folder renamed into place when whole, so a
-cached key is either complete or absent. A key already cached with the same files is not
-downloaded again: a sweep whose points share a merge fetches it once. A commit moves its
-staging folder into that cache, so the next stage on the same machine downloads nothing.
+against the marker as it arrives, by way of a temporary folder renamed into place when
+whole, so a cached key is either complete or absent. A key already cached with the same
+files is not downloaded again (a sweep whose points share a merge fetches it once), but it
+is re-hashed against the marker first: a cache copy damaged on this machine is downloaded
+again, never used. A commit moves its staging folder into that cache, so the next stage on
+the same machine downloads nothing.
 """
 
 import contextlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -26,14 +29,16 @@ from typing import Any
 
 from botocore.client import BaseClient
 
+from foundry import temporaries
 from foundry.hashing import canonical_json
-from foundry.manifest import verify_source
+from foundry.manifest import verify_files, verify_source
 from foundry.s3 import client as s3client
 from foundry.s3.client import S3Location
-from foundry.s3.files import S3Files, delete_objects, list_objects, read_json
-from foundry.s3.transfer import Download, TransferConfig, Upload, download_files, upload_files
-from foundry.store.base import SUCCESS_MARKER, CommittedKey, Leftover, Store, document_parts, is_recipe_folder
+from foundry.s3.files import S3Files, delete_objects, list_objects, read_bytes, read_json
+from foundry.s3.transfer import Download, IntegrityError, TransferConfig, Upload, download_files, upload_files
+from foundry.store.base import SUCCESS_MARKER, BrokenMarker, CommittedKey, DamagedKey, Leftover, Store, document_parts, is_recipe_folder, parse_marker
 
+LOG = logging.getLogger("foundry.store")
 SCRATCH_ENV = "FOUNDRY_SCRATCH"
 CACHE_ENV = "FOUNDRY_CACHE"
 
@@ -71,27 +76,34 @@ class S3Store(Store):
 
     # --- reading ---------------------------------------------------------------------------
 
-    def marker(self, recipe: str, key: str) -> dict[str, Any] | None:
+    def _marker_bytes(self, recipe: str, key: str) -> bytes | None:
         with self._errors(f"{recipe}/{key}"):
-            return read_json(self.s3, self._key(recipe, key).child(SUCCESS_MARKER))
+            return read_bytes(self.s3, self._key(recipe, key).child(SUCCESS_MARKER))
 
     def fetch(self, recipe: str, key: str) -> Path:
         record = self.marker(recipe, key)
         if record is None:
             raise FileNotFoundError(f"{self.location(recipe, key)} is not committed")
         target = self._cache_dir(recipe, key)
-        if _cached_record(target) == _files(record):
+        with _cache_lock(target):
+            return self._fill_cache(recipe, key, record, target)
+
+    def _fill_cache(self, recipe: str, key: str, record: dict[str, Any], target: Path) -> Path:
+        """`target` holding `record`'s files, downloaded unless a whole copy is there already."""
+        if _cache_holds(target, record):
             return target
         temporary = target.with_name(f".{key}.tmp-{uuid.uuid4().hex[:8]}")
         try:
             prefix = self._key(recipe, key)
-            downloads = [Download(prefix.child(entry["path"]).key, temporary / entry["path"], int(entry["size"]), entry["sha256"]) for entry in record.get("files", [])]
+            downloads = [Download(prefix.child(entry["path"]).key, temporary / entry["path"], int(entry["size"]), entry["sha256"]) for entry in record["files"]]
             temporary.mkdir(parents=True)
-            with self._errors(f"fetching {recipe}/{key}"):
-                download_files(self.s3, self.root.bucket, downloads, self.config)
+            try:
+                with self._errors(f"fetching {recipe}/{key}"):
+                    download_files(self.s3, self.root.bucket, downloads, self.config)
+            except IntegrityError as error:
+                raise DamagedKey(recipe, key, self.location(recipe, key), [str(error).removeprefix(f"s3 object {prefix.prefix}")]) from None
             _write_marker(temporary, record)
-            if _cached_record(target) != _files(record):    # unless a concurrent fetch got there first
-                swap_in(temporary, target)
+            swap_in(temporary, target)
         finally:
             shutil.rmtree(temporary, ignore_errors=True)
         return target
@@ -101,12 +113,16 @@ class S3Store(Store):
             if scan.marked is not None:
                 yield CommittedKey(name, key, scan.size_bytes, _iso(scan.marked))
 
-    def verify(self, recipe: str, key: str) -> list[str]:
-        record = self.marker(recipe, key)
-        if record is None:
-            return [f"{SUCCESS_MARKER}: missing (the key is not committed)"]
+    def _check_files(self, recipe: str, key: str, entries: list[Any]) -> list[str]:
         with self._errors(f"verifying {recipe}/{key}"):
-            return verify_source(S3Files(self.s3, self._key(recipe, key), self.config), record.get("files"), listing=SUCCESS_MARKER)
+            return verify_source(S3Files(self.s3, self._key(recipe, key), self.config), entries, listing=SUCCESS_MARKER)
+
+    def broken_keys(self, recipe: str | None = None) -> Iterator[tuple[str, str, str]]:
+        """One GET per marked key: the listing alone cannot tell a broken marker from a whole one."""
+        for (name, key), scan in sorted(self._scan(recipe).items()):
+            reason = None if scan.marked is None else self.broken_reason(name, key)
+            if reason is not None:
+                yield name, key, reason
 
     # --- writing ---------------------------------------------------------------------------
 
@@ -130,9 +146,11 @@ class S3Store(Store):
 
     def _keep_as_cache(self, recipe: str, key: str, staging: Path, record: dict[str, Any]) -> None:
         """The staging folder holds exactly the committed bytes: make it the fetch cache."""
+        target = self._cache_dir(recipe, key)
         try:
             _write_marker(staging, record)
-            swap_in(staging, self._cache_dir(recipe, key))
+            with _cache_lock(target):
+                swap_in(staging, target)
         except OSError:     # another filesystem ($FOUNDRY_SCRATCH elsewhere): just clean up
             shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -214,9 +232,19 @@ def _files(record: dict[str, Any] | None) -> str | None:
 
 def _cached_record(folder: Path) -> str | None:
     try:
-        return _files(json.loads((folder / SUCCESS_MARKER).read_text()))
-    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return _files(parse_marker((folder / SUCCESS_MARKER).read_bytes()))
+    except (FileNotFoundError, NotADirectoryError, BrokenMarker):
         return None
+
+
+def _cache_holds(folder: Path, record: dict[str, Any]) -> bool:
+    """Whether the cache copy at `folder` is this record's, every file re-hashed against it."""
+    if _cached_record(folder) != _files(record):
+        return False
+    problems = verify_files(folder, record["files"], listing=SUCCESS_MARKER)
+    if problems:
+        LOG.warning("%s: %s%s; downloading the key again", folder, problems[0], f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+    return not problems
 
 
 def _marker_bytes(record: dict[str, Any]) -> bytes:
@@ -229,12 +257,22 @@ def _write_marker(folder: Path, record: dict[str, Any]) -> None:
 
 def swap_in(folder: Path, target: Path) -> None:
     """Make `folder` the cache entry at `target`, replacing a stale one whole."""
+    temporaries.replace_folder(folder, target)
+
+
+@contextlib.contextmanager
+def _cache_lock(target: Path) -> Iterator[None]:
+    """One process at a time checks and fills a key's cache entry (an flock beside it), so a
+    copy another process was handed is never swapped out from under it while whole."""
+    import fcntl
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        stale = target.with_name(f".{target.name}.stale-{uuid.uuid4().hex[:8]}")
-        os.replace(target, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    os.replace(folder, target)
+    fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _iso(timestamp: float) -> str:

@@ -8,9 +8,9 @@ and a user's own index.html is left as it is, with a warning.
 
 import logging
 import os
-import uuid
 from pathlib import Path
 
+from foundry import temporaries
 from foundry.web import assets
 
 LOG = logging.getLogger("foundry.publish")
@@ -31,9 +31,12 @@ def write(folder: Path) -> list[Path]:
         target = folder / name
         if name == assets.INDEX and skip_index(target.read_bytes() if target.is_file() else None, str(target)):
             continue
-        temporary = folder / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-        temporary.write_bytes(source.read_bytes())
-        temporary.chmod(0o644)
-        os.replace(temporary, target)
+        temporary = temporaries.beside(target)
+        try:
+            temporary.write_bytes(source.read_bytes())
+            temporary.chmod(0o644)
+            os.replace(temporary, target)
+        finally:
+            temporary.unlink(missing_ok=True)
         written.append(target)
     return written

@@ -33,18 +33,15 @@ metrics go into the catalogue entry (`metrics`) and the manifest; they are judge
 `gate` here too, so a model that misses it is refused whoever asked for the publish.
 """
 
-import ctypes
-import errno
 import json
 import logging
 import os
 import shutil
-import sys
-import uuid
+import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from foundry import catalog, manifest
+from foundry import catalog, manifest, temporaries
 from foundry.errors import UserError
 from foundry.hashing import sha256_file
 from foundry.stagespec import StageSpec
@@ -63,6 +60,8 @@ REQUIRED_ROOT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json")
 OPTIONAL_ROOT_FILES = ("generation_config.json", "special_tokens_map.json", "chat_template.jinja", "genai_config.json")
 DEFAULT_SHARD_SIZE_MB = 100.0
 QUANTIZE_REPORT = "quantize.json"
+# Set (to anything) to kill publish once its hidden copy is in the web folder, for tests.
+FAULT_AFTER_COPY = "FOUNDRY_FAULT_AFTER_COPY"
 TJS_CONFIG = "transformers.js_config"
 
 
@@ -359,57 +358,22 @@ def _publish_folder(out: Path, to: Path, model_id: str, catalog_path: Path, key:
     final = to / model_id
     if final.parent.resolve() != to.resolve():
         raise UserError(f"publish.entry.id: {model_id!r} would leave {to}")
-    staged = to / f".{model_id}.tmp-{uuid.uuid4().hex[:12]}"
+    for folder in {to, catalog_path.parent}:
+        for removed in temporaries.clear(folder):
+            LOG.info("publish: removed %s, left by a publish that was killed", removed)
+    staged = temporaries.beside(final)
     try:
         shutil.copytree(out, staged)
         problems = manifest.verify(staged)
         if problems:
             raise RuntimeError(f"publish: the copy in {staged} does not match its manifest: " + "; ".join(problems))
+        if os.environ.get(FAULT_AFTER_COPY):
+            os.kill(os.getpid(), signal.SIGKILL)
         with catalog.locked(catalog_path):
             current = catalog.read(catalog_path)    # refuse an invalid catalogue before touching the folder
-            _swap_in(staged, final)
+            temporaries.replace_folder(staged, final)
             catalog.write(catalog_path, catalog.merge_entry(current, key, entry))
     finally:
         if staged.exists() or staged.is_symlink():
-            _remove(staged)
+            temporaries.remove(staged)
     return final
-
-
-def _swap_in(staged: Path, final: Path) -> None:
-    """Make `staged` the folder at `final`; whatever was there (a previous version) goes whole."""
-    if not (final.exists() or final.is_symlink()):
-        os.rename(staged, final)
-        return
-    if _exchange(staged, final):        # one atomic step: `final` is never missing
-        _remove(staged)                 # now the previous version
-        return
-    previous = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
-    os.rename(final, previous)          # elsewhere `final` is missing for the time of one rename
-    os.rename(staged, final)
-    _remove(previous)
-
-
-def _exchange(first: Path, second: Path) -> bool:
-    """renameat2(RENAME_EXCHANGE) on Linux; False where the kernel, libc or filesystem lacks it."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    renameat2.restype = ctypes.c_int
-    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    raise OSError(code, os.strerror(code), str(second))
-
-
-def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    else:
-        shutil.rmtree(path, ignore_errors=True)
