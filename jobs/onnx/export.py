@@ -92,7 +92,7 @@ class BuilderExporter(Exporter):
         run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
         shutil.rmtree(cache, ignore_errors=True)
         model = out / "model.onnx"
-        _pin_cache_dimension(model, out / GENAI_CONFIG)
+        _settle_graph(model, out / GENAI_CONFIG, producer_version=self.version())
         return model
 
     def version(self) -> str:
@@ -122,10 +122,13 @@ def exporter_for(model_dir: Path) -> Exporter:
     return EXPORTERS[family(model_dir).exporter]
 
 
-def _pin_cache_dimension(model_path: Path, genai_config: Path) -> None:
-    """Give the cache's last dimension its value, the head size, in the graph's inputs and outputs."""
+def _settle_graph(model_path: Path, genai_config: Path, *, producer_version: str) -> None:
+    """Give the cache's last dimension its value, the head size, in the graph's inputs and
+    outputs; and record the builder's version alone (it appends the git commit of the
+    directory it ran in, which would make every commit of a checkout export other bytes)."""
     head_size = int(json.loads(genai_config.read_text())["model"]["decoder"]["head_size"])
     model = onnx.load(str(model_path), load_external_data=False)
+    model.producer_version = producer_version
     for value in [*model.graph.input, *model.graph.output]:
         if value.name.startswith(("past_key_values.", "present.")):
             last = value.type.tensor_type.shape.dim[-1]
