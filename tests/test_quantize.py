@@ -66,9 +66,9 @@ def test_layout_is_what_publish_reads(llama: tuple[Path, dict[str, Any], Path]) 
     written = json.loads((out / "quantize.json").read_text())
     assert written == {key: value for key, value in report.items() if key not in ("seconds", "peak_rss_bytes")}
     assert set(report["seconds"]) == {"export", "reference", "total", *LEVELS}
-    # Every heavy step ran in a process of its own, and the stage's peak is the largest of them.
-    assert set(report["peak_rss_bytes"]) == {"stage", "export", "reference", *LEVELS}
-    assert report["peak_rss_bytes"]["stage"] == max(report["peak_rss_bytes"].values())
+    # The export and the PyTorch reference ran in processes of their own, each measured.
+    assert set(report["peak_rss_bytes"]) == {"stage", "export", "reference"}
+    assert all(peak > 50 * 2**20 for peak in report["peak_rss_bytes"].values())
 
 
 def test_genai_config_runs_the_q4_graph_natively(llama: tuple[Path, dict[str, Any], Path]) -> None:

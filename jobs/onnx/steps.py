@@ -37,10 +37,6 @@ class StepLog:
     def record(self, name: str, peak_bytes: int) -> None:
         self.peaks[name] = max(peak_bytes, self.peaks.get(name, 0))
 
-    def peak(self) -> int:
-        """The largest step's peak, the stage process's own included."""
-        return max([*self.peaks.values(), peak_rss_bytes()])
-
 
 class StepKilled(UserError):
     """A step died of a signal; most often the kernel's out-of-memory killer."""

@@ -16,10 +16,11 @@ Input `model`: a local Hugging Face causal LM folder. Output (`out`):
                                                            (names from foundry.variants)
     quantize.json                                          the report this returns
 
-Steps, each in a process of its own (jobs/onnx/steps.py), so the stage holds one model's
-worth of memory at most once: the export (jobs/onnx/export.py: onnxruntime-genai's builder,
-or optimum-onnx for the families only it takes), the PyTorch reference, and per variant its
-derivation from the fp32 graph, tensor by tensor (jobs/onnx/derive.py), with its agreement.
+The export (jobs/onnx/export.py: onnxruntime-genai's builder, or optimum-onnx for the
+families only it takes) and the PyTorch reference each run in a process of their own
+(jobs/onnx/steps.py): a loaded PyTorch model's memory only goes back to the system when its
+process exits. Then each variant is derived from the fp32 graph, tensor by tensor
+(jobs/onnx/derive.py), and its agreement measured, here, one after another.
 
 Agreement is measured against PyTorch in float32 (`reference: "pytorch-fp32"`): every
 variant, fp32 ONNX included, runs the prompts as one full-sequence forward with an empty
@@ -85,7 +86,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     import onnx
 
     from jobs.onnx import export
-    from jobs.onnx.steps import StepLog, run_step
+    from jobs.onnx.steps import StepLog, peak_rss_bytes, run_step
 
     _check_model_folder(model_dir, allow_pickle=allow_pickle)
     exporter = export.exporter_for(model_dir)
@@ -112,7 +113,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         for variant in variants:
             tick = time.perf_counter()
             target = onnx_dir / VARIANT_FILES[variant]
-            files[variant] = run_step(steps, variant, make_variant, fp32, target, variant, token_ids, reference)
+            files[variant] = make_variant(fp32, target, variant, token_ids, reference)
             seconds[variant] = time.perf_counter() - tick
             LOG.info("quantize: %s written (%d bytes, %.1fs, top-1 agreement %.3f)", target.name, files[variant]["size_bytes"], seconds[variant], files[variant]["top1_agreement"])
         genai = _write_genai_config(work / "export", out, variants)
@@ -138,12 +139,18 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     return {
         **report,
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
-        "peak_rss_bytes": {"stage": steps.peak(), **steps.peaks},
+        # The variants run in the stage process itself (below), so "stage" is their peak.
+        "peak_rss_bytes": {"stage": peak_rss_bytes(), **steps.peaks},
     }
 
 
 def make_variant(fp32: Path, target: Path, variant: str, token_ids: list[list[int]], reference: Path) -> dict[str, Any]:
-    """Derive one variant from the fp32 graph and measure its agreement; run as its own step."""
+    """Derive one variant from the fp32 graph and measure its agreement.
+
+    In the stage's own process: what it holds (a tensor at a time, then one lean ONNX
+    Runtime session) is in buffers large enough that freeing them returns them to the
+    system, so variants run one after another without adding up.
+    """
     import onnx
 
     from jobs.onnx.derive import derive
