@@ -86,7 +86,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     import onnx
 
     from jobs.onnx import export
-    from jobs.onnx.steps import StepLog, peak_rss_bytes, run_step
+    from jobs.onnx.steps import StepLog, give_back_freed_memory, peak_rss_bytes, run_step
 
     _check_model_folder(model_dir, allow_pickle=allow_pickle)
     exporter = export.exporter_for(model_dir)
@@ -114,6 +114,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
             tick = time.perf_counter()
             target = onnx_dir / VARIANT_FILES[variant]
             files[variant] = make_variant(fp32, target, variant, token_ids, reference)
+            give_back_freed_memory()
             seconds[variant] = time.perf_counter() - tick
             LOG.info("quantize: %s written (%d bytes, %.1fs, top-1 agreement %.3f)", target.name, files[variant]["size_bytes"], seconds[variant], files[variant]["top1_agreement"])
         genai = _write_genai_config(work / "export", out, variants)
