@@ -277,7 +277,13 @@ def test_slow_tokenizer_files_get_a_tokenizer_json(tmp_path: Path) -> None:
     model.mkdir()
     for name in ("config.json", "generation_config.json", "model.safetensors"):
         shutil.copyfile(source / name, model / name)
-    AutoTokenizer.from_pretrained(source).save_pretrained(model, legacy_format=True)  # vocab.json + merges.txt only
+    # The slow files only (vocab.json + merges.txt), as older GPT-2 checkpoints ship them;
+    # transformers 5 no longer writes them, so they come out of tokenizer.json's BPE model.
+    bpe = json.loads((source / "tokenizer.json").read_text())["model"]
+    (model / "vocab.json").write_text(json.dumps(bpe["vocab"]))
+    merges = [" ".join(pair) if isinstance(pair, list) else pair for pair in bpe["merges"]]
+    (model / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    shutil.copyfile(source / "tokenizer_config.json", model / "tokenizer_config.json")
     assert (model / "vocab.json").is_file() and not (model / "tokenizer.json").exists()
     report = run(_spec(variants=["fp32"], prompts=["The old dog"]), {"model": model}, tmp_path / "out")
     assert "tokenizer.json (converted)" in report["copied"]
