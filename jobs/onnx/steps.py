@@ -30,7 +30,7 @@ GIB = 1024**3
 
 @dataclass
 class StepLog:
-    """Wall time and peak RSS of every step of one stage run, in order."""
+    """The peak RSS of each step of one stage run that ran in a process of its own."""
 
     peaks: dict[str, int] = field(default_factory=dict)
 
