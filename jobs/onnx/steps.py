@@ -1,9 +1,10 @@
 """Run one heavy step of a stage in a process of its own, and say how much memory it took.
 
-A step that loads a model (the export, the PyTorch reference, an ONNX Runtime session)
-only gives its memory back to the system by exiting: Python's and the libraries'
-allocators keep what they freed. So each such step runs in a fresh process, the stage's
-own process stays small, and the stage's peak is the largest step's, not their sum.
+A step that loads a PyTorch model (the export, the reference logits) only gives its memory
+back to the system by exiting: PyTorch's and Python's allocators keep what they freed. So
+each such step runs in a fresh process, and the stage's peak is the largest step's, not
+their sum. (What ONNX Runtime and numpy hold is returned when freed, with
+`give_back_freed_memory`'s help, so the variants need no process of their own.)
 
 Each step reports the kernel's peak resident set (VmHWM) of the process that ran it. A
 step killed by the kernel (out of memory, as a too-small pod limit does it) is reported
