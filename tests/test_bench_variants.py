@@ -35,7 +35,7 @@ SUITE_ROWS = [
 def quantized(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     """A quantize key's folder, as the quantize stage writes it, and its report."""
     out = tmp_path_factory.mktemp("quantized")
-    spec = StageSpec(stage="quantize", recipe="bench", key="quantize-0123456789ab", store="file:///unused", params={"variants": quantize.supported_levels()})
+    spec = StageSpec(stage="quantize", recipe="bench", key="quantize-0123456789ab", store="file:///unused", params={"variants": list(VARIANT_FILES)})
     return out, quantize.run(spec, {"model": build("llama-a")}, out)
 
 
@@ -44,7 +44,7 @@ def published(quantized: tuple[Path, dict[str, Any]], tmp_path_factory: pytest.T
     """The same variants laid out for transformers.js, external data in chunks of at most 50 kB."""
     to = tmp_path_factory.mktemp("published")
     spec = StageSpec(stage="publish", recipe="bench", key="publish-0123456789ab", store="file:///unused", inputs={"onnx": StageInput(key="quantize-0123456789ab")},
-                     params={"to": str(to), "shard_size_mb": 0.05, "entry": {"id": "bench-q4", "name": "Bench"}, "variants": quantize.supported_levels()})
+                     params={"to": str(to), "shard_size_mb": 0.05, "entry": {"id": "bench-q4", "name": "Bench"}, "variants": list(VARIANT_FILES)})
     publish.run(spec, {"onnx": quantized[0]}, tmp_path_factory.mktemp("publish-out"))
     return to / "bench-q4"
 
@@ -61,7 +61,7 @@ def test_every_variant_is_reported_and_quantization_shrinks_it(command: tuple[su
     assert result.returncode == 0, result.stderr
     report = json.loads((out / "bench-variants.json").read_text())
     rows = {row["variant"]: row for row in report["variants"]}
-    assert list(rows) == quantize.supported_levels() and report["reference"] == "fp32"
+    assert list(rows) == list(VARIANT_FILES) and report["reference"] == "fp32"
     assert report["quality"] == "next-token agreement" and report["prompts"] == len(quantize.DEFAULT_PROMPTS) and report["positions"] > 40
     sizes = [rows[level]["size_bytes"] for level in rows]
     assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == len(sizes), sizes
@@ -80,11 +80,11 @@ def test_every_variant_is_reported_and_quantization_shrinks_it(command: tuple[su
 
 def test_report_files_and_terminal_table(command: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     result, out = command
-    for level in quantize.supported_levels():
+    for level in list(VARIANT_FILES):
         assert f"│ {level} " in result.stdout
     markdown = (out / "bench-variants.md").read_text()
     assert "| variant | size (MiB) | load (s) | tokens/s | top-1 agreement vs fp32 | mean KL vs fp32 (nats) |" in markdown
-    assert all(f"\n| {level} | " in markdown for level in quantize.supported_levels())
+    assert all(f"\n| {level} | " in markdown for level in list(VARIANT_FILES))
     assert_png(out / "bench-variants.png")
 
 
@@ -104,7 +104,7 @@ def test_quality_on_a_suite_is_a_delta_from_fp32(quantized: tuple[Path, dict[str
     report = bench(quantized[0], suites=[str(suite)], limit=2, tokens=2)
     assert report["quality"] == "suites" and report["suites"] == [str(suite)] and report["limit"] == 2
     rows = {row["variant"]: row for row in report["variants"]}
-    assert list(rows) == quantize.supported_levels()
+    assert list(rows) == list(VARIANT_FILES)
     reference = rows["fp32"]["metrics"]
     assert set(reference) == {"facts.acc", "facts.acc_norm"}
     for row in rows.values():

@@ -30,7 +30,7 @@ def foundry(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subproc
 def recipe(work: Path, entry: str, to: str = "./site/models") -> Path:
     """The demo with q4 and q8 only, published to `to` as entry `entry`: every such recipe
     shares the merge and quantize keys and has a publish key of its own."""
-    text = RECIPE.replace("variants: [fp32, fp16, q8, q4, q2]", "variants: [q4, q8]").replace("to: ./.foundry/published/models", f"to: {to}")
+    text = RECIPE.replace("variants: [fp32, fp16, q8, q4, q4f16, q2]", "variants: [q4, q8]").replace("to: ./.foundry/published/models", f"to: {to}")
     text = text.replace("id: tiny-demo-q4", f"id: {entry}").replace("key: tiny-demo", f"key: {entry}")
     assert f"id: {entry}" in text and f"to: {to}" in text and "[q4, q8]" in text
     path = work / "recipes" / f"{entry}.yml"

@@ -13,13 +13,13 @@ quantize.json and models.json):
   symmetric, ORT's own packing routines: the same bytes `MatMulNBitsQuantizer` writes), the
   lm_head included; embedding tables read only by Gathers are stored as int8 with one
   scale per row and dequantized after the Gather (plain ONNX ops every runtime has).
-  A model with tied embeddings (Qwen2.5, Gemma, GPT-2) keeps one table in q4 and q4f16:
-  the embedding lookup reads the lm_head's own 4-bit blocks through GatherBlockQuantized,
-  as the builder's `shared_embeddings` does. Measured on tiny:gpt2-a (tied, trained) over
-  the default prompts: q4 with separate tables 204,877 bytes at 0.950 top-1 agreement,
-  shared 169,808 bytes (17% smaller) at 0.945 (one position of 181); on Qwen2.5-0.5B's
-  shape the int8 table alone is 136 MB of the q4 file. q8 and q2 keep int8 rows
-  (GatherBlockQuantized takes 4 bits only).
+  Tied embeddings (Qwen2.5, Gemma, GPT-2) are quantized as two tables, each for its own
+  use: the lm_head as a 4-bit MatMulNBits, the lookup as int8 rows. One shared 4-bit table
+  (GatherBlockQuantized over the lm_head's blocks, the builder's `shared_embeddings`) was
+  measured on tiny:gpt2-a: 17% smaller q4 (169,808 against 204,877 bytes) for one position
+  in 181 of top-1 agreement (0.945 against 0.950), but onnxruntime-web's WebAssembly has
+  no GatherBlockQuantized kernel ("Could not find an implementation"), so browsers could
+  not load it.
 - float16: every float tensor, value and input/output becomes float16: the KV cache and
   logits included, as transformers.js and onnxruntime-genai expect of fp16 and q4f16
   models (transformers.js sizes its empty cache from the graph's own input types).
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +51,7 @@ class VariantSettings:
     block_size: int = 32             # MatMulNBits block along K
     symmetric: bool = True
     accuracy_level: int = 0          # MatMulNBits' compute type: 0 = the activations' own (no int8 activations)
-    embeddings: str = "float"        # "float", "int8-per-row", or "shared-with-lm-head" (tied; int8 rows otherwise)
+    embeddings: str = "float"        # "float" or "int8-per-row"
     unquantized: tuple[str, ...] = ("norms", "biases", "rotary caches")
 
     def record(self) -> dict[str, object]:
@@ -67,8 +67,8 @@ VARIANTS: dict[str, VariantSettings] = {
     "fp32": VariantSettings(weight_bits=None),
     "fp16": VariantSettings(weight_bits=None, float_type="float16"),
     "q8": VariantSettings(weight_bits=8, embeddings="int8-per-row"),
-    "q4": VariantSettings(weight_bits=4, embeddings="shared-with-lm-head"),
-    "q4f16": VariantSettings(weight_bits=4, float_type="float16", embeddings="shared-with-lm-head"),
+    "q4": VariantSettings(weight_bits=4, embeddings="int8-per-row"),
+    "q4f16": VariantSettings(weight_bits=4, float_type="float16", embeddings="int8-per-row"),
     "q2": VariantSettings(weight_bits=2, embeddings="int8-per-row"),
 }
 
@@ -118,10 +118,6 @@ class VariantWriter:
         self.graph = self.model.graph
         self.source = SourceTensors(source_path, self.graph)
         self.planned: dict[str, _Planned] = {}
-        # source weight -> (packed, scales) of the MatMulNBits that replaced its MatMul
-        self.quantized: dict[str, tuple[str, str]] = {}
-        # the transposed copies made by expose_weight_products: copy -> original
-        self.transposes: dict[str, str] = {}
         for tensor in self.graph.initializer:
             self.planned[tensor.name] = _Planned(_header(tensor), lambda name=tensor.name: self.source.read(name))
 
@@ -198,9 +194,8 @@ def expose_weight_products(writer: VariantWriter) -> None:
     quantize_matmuls and quantize_embeddings convert a weight read by one node only. Tied
     embeddings hide that: optimum's graphs feed the lm_head MatMul `Transpose(embedding)`,
     the builder's feed the embedding Gather `Transpose(lm_head)`; either way the Transpose
-    is replaced by the transposed matrix as an initializer of its own (recorded in
-    `writer.transposes`, so share_tied_embedding can find the pair again). And `Gemm`
-    (GPT-2's Conv1D, a 2-D Linear) becomes MatMul + Add.
+    is replaced by the transposed matrix as an initializer of its own. And `Gemm` (GPT-2's
+    Conv1D, a 2-D Linear) becomes MatMul + Add.
     """
     graph = writer.graph
     producers = {output: node for node in graph.node for output in node.output}
@@ -243,7 +238,6 @@ def _transposed(writer: VariantWriter, name: str, done: dict[str, str]) -> str:
         source_type = writer.source.tensors[name].data_type
         copy = writer.add(f"{name}_transposed", source_type, [columns, rows], lambda: writer.source.read(copy))
         writer.source.define(copy, source_type, [columns, rows], lambda: np.ascontiguousarray(writer.source.read(name).T))
-        writer.transposes[copy] = name
         done[name] = copy
     return done[name]
 
@@ -290,61 +284,9 @@ def quantize_matmuls(writer: VariantWriter, bits: int, block_size: int, float_ty
         node.input.append(scales_name)
         del node.attribute[:]
         node.attribute.extend([helper.make_attribute(key, value) for key, value in (("K", k), ("N", n), ("bits", bits), ("block_size", block_size))])
-        writer.quantized[weight.name] = (packed_name, scales_name)
         converted += 1
     writer.drop_unused()
     return converted
-
-
-def share_tied_embedding(writer: VariantWriter, block_size: int) -> int:
-    """Gather(table[V, H]) -> GatherBlockQuantized over the lm_head's own 4-bit weights, where
-    the lm_head is that table transposed (tied embeddings); returns tables shared.
-
-    One quantized table serves both (as the builder's `shared_embeddings` does): the
-    embedding lookup is then 4-bit too, and the int8 copy of the table is not stored.
-    """
-    readers = _readers(writer.graph)
-    shared = 0
-    nodes: list[onnx.NodeProto] = []
-    for node in writer.graph.node:
-        table = writer.source.tensors.get(node.input[0]) if node.op_type == "Gather" and len(node.input) == 2 else None
-        lm_head = _tied_lm_head(writer, table) if table is not None and table.data_type == TensorProto.FLOAT and len(readers[table.name]) == 1 else None
-        if lm_head is None:
-            nodes.append(node)
-            continue
-        packed, scales = writer.quantized[lm_head]
-        rows, columns = (int(d) for d in table.dims)
-        blocks = (columns + block_size - 1) // block_size
-        flat = writer.add(f"{packed}_rows_shape", TensorProto.INT64, [2], lambda rows=rows, blocks=blocks: np.array([rows, blocks * block_size // 2], dtype=np.int64))
-        prefix, output = node.name or f"{table.name}_gather", node.output[0]
-        gathered = output if blocks * block_size == columns else f"{output}_padded"
-        nodes += [
-            helper.make_node("Reshape", [packed, flat], [f"{packed}_rows"], name=f"{prefix}_rows"),
-            helper.make_node(
-                "GatherBlockQuantized", [f"{packed}_rows", node.input[1], scales], [gathered], name=f"{prefix}_quantized",
-                domain=MS_DOMAIN, bits=4, block_size=block_size, gather_axis=0, quantize_axis=1,
-            ),
-        ]
-        if gathered != output:
-            bounds = [
-                writer.add(f"{prefix}_slice_{name}", TensorProto.INT64, [1], lambda value=value: np.array([value], dtype=np.int64))
-                for name, value in (("start", 0), ("end", columns), ("axis", -1))
-            ]
-            nodes.append(helper.make_node("Slice", [gathered, *bounds], [output], name=f"{prefix}_unpad"))
-        shared += 1
-    if shared:
-        del writer.graph.node[:]
-        writer.graph.node.extend(nodes)
-        writer.drop_unused()
-    return shared
-
-
-def _tied_lm_head(writer: VariantWriter, table: TensorProto) -> str | None:
-    """The quantized weight that is `table` transposed: one of a pair expose_weight_products split."""
-    for name in writer.quantized:
-        if writer.transposes.get(name) == table.name or writer.transposes.get(table.name) == name:
-            return name
-    return None
 
 
 def quantize_embeddings(writer: VariantWriter, float_type: int) -> int:
@@ -432,9 +374,7 @@ def derive(source: Path, target: Path, data_name: str, variant: str, *, settings
     if settings.weight_bits is not None:
         expose_weight_products(writer)
         counts["matmuls_quantized"] = quantize_matmuls(writer, settings.weight_bits, settings.block_size, float_type)
-        if settings.embeddings == "shared-with-lm-head" and not share_tied_embedding(writer, settings.block_size):
-            settings = replace(settings, embeddings="int8-per-row")   # untied: what was done is recorded
-        if settings.embeddings in ("int8-per-row", "shared-with-lm-head"):
+        if settings.embeddings == "int8-per-row":
             counts["embedding_tables_quantized"] = quantize_embeddings(writer, float_type)
     if float_type == TensorProto.FLOAT16:
         to_float16(writer)
