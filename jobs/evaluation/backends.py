@@ -188,13 +188,17 @@ class OnnxScorer:
         last = batch.context_mask.sum(-1) - 1
         ends = _log_softmax(run["logits"][np.arange(len(groups)), last])
         scores = ends[batch.owner, batch.first].astype(np.float64)
-        if len(batch.longer):
-            rows = batch.owner[batch.longer]
-            past = {name: value[rows] for name, value in next_past(run).items()}
-            mask = np.concatenate([batch.context_mask[rows], batch.feed_mask], axis=-1)
-            logits = self.session.run(["logits"], decoder_feeds(self.session, batch.feed_ids, mask, past))[0]
-            picked = np.take_along_axis(_log_softmax(logits), batch.targets[..., None], axis=-1)[..., 0]
-            scores[batch.longer] += (picked * batch.feed_mask).sum(-1)
+        # Pass 2, one continuation at a time on its own context's cache, cut to the context's
+        # real length: GroupQueryAttention (the builder's graphs) takes a batch of several
+        # tokens over a cache only one row at a time, and no padding inside the cache at all.
+        past = next_past(run)
+        for at, (index, row) in enumerate(zip(batch.longer, batch.owner[batch.longer], strict=True)):
+            context, feed = int(batch.context_mask[row].sum()), int(batch.feed_mask[at].sum())
+            row_past = {name: value[row:row + 1, :, :context] for name, value in past.items()}
+            ids = batch.feed_ids[at:at + 1, :feed]
+            logits = self.session.run(["logits"], decoder_feeds(self.session, ids, np.ones((1, context + feed), dtype=np.int64), row_past))[0]
+            picked = np.take_along_axis(_log_softmax(logits), batch.targets[at:at + 1, :feed, None], axis=-1)[..., 0]
+            scores[index] += float(picked.sum())
         return batch.regroup(scores.tolist())
 
 
