@@ -266,26 +266,30 @@ def pytorch_logits(model_dir: Path, token_ids: list[list[int]], target: Path, tr
 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", trust_remote_code=trust_remote_code)
     model.eval()
+    per_batch = PROMPTS_PER_BATCH
     if model.dtype != torch.float32:
         _lift_to_float32_while_running(model)
+        # Lifting costs a pass over every weight per forward: one forward for all the prompts.
+        # Its logits (at most 8 x 128 positions x the vocabulary) stay below the fp32 check's peak.
+        per_batch = len(token_ids)
     arrays = {}
     with torch.no_grad():
-        for first, ids, mask in padded_batches(token_ids):
+        for first, ids, mask in padded_batches(token_ids, per_batch):
             logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), use_cache=False).logits.float().numpy()
             for row, prompt in enumerate(token_ids[first:first + len(ids)]):
                 arrays[f"prompt_{first + row}"] = logits[row, :len(prompt)]
     np.savez(target, **arrays)
 
 
-def padded_batches(token_ids: list[list[int]]) -> Iterator[tuple[int, Any, Any]]:
+def padded_batches(token_ids: list[list[int]], per_batch: int = PROMPTS_PER_BATCH) -> Iterator[tuple[int, Any, Any]]:
     """(index of the first prompt, input ids, attention mask) per batch of prompts, padded on
     the right: a causal model's logits at the real positions are those of each prompt alone,
     and a batch reads each weight once, which is what makes the check cheap (2 prompts a batch
     bound the logits held at once: 2 x 128 positions x the vocabulary)."""
     import numpy as np
 
-    for first in range(0, len(token_ids), PROMPTS_PER_BATCH):
-        batch = token_ids[first:first + PROMPTS_PER_BATCH]
+    for first in range(0, len(token_ids), per_batch):
+        batch = token_ids[first:first + per_batch]
         ids = np.zeros((len(batch), max(map(len, batch))), dtype=np.int64)
         mask = np.zeros_like(ids)
         for row, prompt in enumerate(batch):
