@@ -112,7 +112,7 @@ def trainer_child(model_dir: str, data_path: str, result_path: str) -> None:
 
     from jobs.finetuning.batches import EncodeStats, encode_all
     from jobs.finetuning.datasets import read_dataset
-    from jobs.finetuning.training import peak_rss_bytes
+    from jobs.steps import peak_rss_bytes
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     examples = encode_all(tokenizer, read_dataset(data_path).chats(), MAX_LENGTH, EncodeStats())

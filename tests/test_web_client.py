@@ -26,7 +26,7 @@ import yaml
 from foundry import catalog, manifest
 from foundry.web import assets
 from tests.png_check import assert_png
-from tests.web_support import REPO, greedy_answers, run_node, serve
+from tests.web_support import REPO, greedy_answers, run_node, serve, variant_files
 from tests.web_support import assert_same_tokens as same_tokens
 
 CHROMIUM = "/usr/bin/chromium"
@@ -96,11 +96,6 @@ def webgpu_runs(variant: dict, features: list[str]) -> bool:
 def reference(site: Path) -> dict[str, dict]:
     """Per variant: the prompt's ids and the greedy tokens ONNX Runtime in Python generates."""
     return greedy_answers(site / "models" / MODEL_ID, PROMPT, MAX_NEW_TOKENS)
-
-
-def expected_files(site: Path, level: str) -> set[str]:
-    variant = manifest.read(site / "models" / MODEL_ID)["variants"][level]
-    return {variant["file"], *(f"onnx/{name}" for name in variant["chunks"])}
 
 
 def assert_same_tokens(results: dict, reference: dict, site: Path, tokens: int = MAX_NEW_TOKENS) -> None:
@@ -231,7 +226,7 @@ def test_the_catalogue_page_picks_webgpu_offers_what_it_runs_and_survives_a_fail
     assert failed["status"].startswith(f"Could not load Tiny Demo, broken · {broken} on WebGPU: ")
     assert on_webgpu["loaded"] == f"{KEY}:{default}:webgpu", on_webgpu["status"]
     bars = {row["file"]: row for row in on_webgpu["files"]}
-    assert expected_files(site, default) <= set(bars), "a progress bar per file, every chunk among them"
+    assert variant_files(site / "models" / MODEL_ID, default) <= set(bars), "a progress bar per file, every chunk among them"
     assert all(row["done"] and row["value"] == 100 for row in bars.values())
 
     # Switched to WebAssembly: every variant offered, the f16 one loads and answers.

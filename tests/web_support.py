@@ -83,15 +83,19 @@ def greedy_answers(folder: Path, prompt: str, max_new_tokens: int) -> dict[str, 
     return answers
 
 
+def variant_files(folder: Path, level: str) -> set[str]:
+    """The files a client fetches for one published variant: its graph and every chunk."""
+    variant = manifest.read(folder)["variants"][level]
+    return {variant["file"], *(f"onnx/{name}" for name in variant["chunks"])}
+
+
 def assert_same_tokens(results: dict, reference: dict, folder: Path, tokens: int | None = None) -> None:
     """transformers.js's results are ONNX Runtime's (their first `tokens`), variant by variant, every chunk fetched."""
     assert set(results) == set(reference)
-    variants = manifest.read(folder)["variants"]
     for level, expected in reference.items():
         expected = {**expected, "new_ids": expected["new_ids"][:tokens]}
         got = results[level]
         assert "error" not in got, f"{level}: {got.get('error')}"
         assert got["prompt_ids"] == expected["prompt_ids"], f"{level}: the chat template gives other ids"
         assert got["new_ids"] == expected["new_ids"], f"{level}: transformers.js generated {got['new_ids']}, ONNX Runtime {expected['new_ids']}"
-        wanted = {variants[level]["file"], *(f"onnx/{name}" for name in variants[level]["chunks"])}
-        assert wanted <= set(got["files"]), f"{level}: not every chunk was fetched"
+        assert variant_files(folder, level) <= set(got["files"]), f"{level}: not every chunk was fetched"

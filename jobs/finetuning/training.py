@@ -16,10 +16,8 @@ import json
 import logging
 import math
 import os
-import resource
 import shutil
 import signal
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -29,6 +27,7 @@ from typing import Any
 import torch
 
 from jobs.finetuning.batches import IGNORE, Example, collate, sorted_batches
+from jobs.steps import peak_rss_bytes
 
 LOG = logging.getLogger("foundry.finetune")
 # Kill the process right after writing the checkpoint of this step (or a later one): a
@@ -184,12 +183,6 @@ def train(
         outcome.peak_gpu_memory_bytes = torch.cuda.max_memory_allocated(device)
     outcome.peak_rss_bytes = peak_rss_bytes()
     return outcome
-
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident memory so far (getrusage counts KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def _loss_sum(model: Any, batch: dict[str, torch.Tensor], device: torch.device) -> torch.Tensor:

@@ -37,7 +37,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from jobs.onnx.external_data import ALIGN_THRESHOLD, ALIGNMENT, INLINE_THRESHOLD, external_info, uses_external_data
+from jobs.onnx.external_data import ALIGN_THRESHOLD, ALIGNMENT, INLINE_THRESHOLD, align, external_info, safe_location, set_external, uses_external_data
 
 MS_DOMAIN = "com.microsoft"
 
@@ -79,7 +79,7 @@ class SourceTensors:
     """The fp32 model's initializers, each read on demand from its memory-mapped file."""
 
     def __init__(self, model_path: Path, graph: onnx.GraphProto) -> None:
-        self.folder = model_path.parent
+        self.model_path = model_path
         self.tensors = {tensor.name: tensor for tensor in graph.initializer}
         self.derived: dict[str, Producer] = {}
 
@@ -100,7 +100,8 @@ class SourceTensors:
         count = int(np.prod(shape)) if shape else 1
         if count == 0:
             return np.zeros(shape, dtype=dtype)
-        data = np.memmap(self.folder / info["location"], dtype=dtype, mode="r", offset=int(info.get("offset", 0) or 0), shape=(count,))
+        location = safe_location(self.model_path.parent, info.get("location", ""), name, self.model_path)
+        data = np.memmap(location, dtype=dtype, mode="r", offset=int(info.get("offset", 0) or 0), shape=(count,))
         return data.reshape(shape)
 
 
@@ -119,7 +120,7 @@ class VariantWriter:
         self.source = SourceTensors(source_path, self.graph)
         self.planned: dict[str, _Planned] = {}
         for tensor in self.graph.initializer:
-            self.planned[tensor.name] = _Planned(_header(tensor), lambda name=tensor.name: self.source.read(name))
+            self.replace(tensor.name, tensor.data_type, list(tensor.dims), lambda name=tensor.name: self.source.read(name))
 
     # --- edits -----------------------------------------------------------------------------
     def replace(self, name: str, data_type: int, dims: list[int], produce: Producer) -> None:
@@ -166,24 +167,15 @@ class VariantWriter:
                     # (a Reshape's shape must be inline); publish keeps them there too.
                     tensor.raw_data = array.tobytes()
                     continue
-                offset = data.tell()
-                if array.nbytes > ALIGN_THRESHOLD and offset % ALIGNMENT:
-                    data.write(b"\0" * (ALIGNMENT - offset % ALIGNMENT))
-                    offset = data.tell()
+                offset = align(data.tell(), array.nbytes, ALIGN_THRESHOLD, ALIGNMENT)
+                data.write(b"\0" * (offset - data.tell()))
                 array.tofile(data)
-                tensor.data_location = TensorProto.EXTERNAL
-                for key, value in (("location", data_name), ("offset", str(offset)), ("length", str(array.nbytes))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, value
+                set_external(tensor, data_name, offset, array.nbytes)
                 del array
         temporary = target.with_name(f".{target.name}.tmp")
         temporary.write_bytes(self.model.SerializeToString())
         os.replace(temporary, target)
         return target.stat().st_size + data_path.stat().st_size
-
-
-def _header(tensor: TensorProto) -> TensorProto:
-    return TensorProto(name=tensor.name, data_type=tensor.data_type, dims=list(tensor.dims))
 
 
 # --- the transformations ---------------------------------------------------------------------

@@ -30,20 +30,23 @@ import onnx
 from foundry import exporters
 from foundry.errors import UserError
 from jobs.onnx import optimum_env
-from jobs.onnx.steps import StepLog, run_command
+from jobs.steps import StepLog, run_command
 
 GENAI_CONFIG = "genai_config.json"
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
-    path = model_dir / "config.json"
-    if not path.is_file():
-        raise UserError(f"model folder {model_dir}: no config.json; a Hugging Face causal LM folder (config.json, *.safetensors, tokenizer files) is expected")
+    """The folder's config.json, read as lint reads it (foundry.modelref), or a UserError."""
+    from foundry.modelref import BadModelConfig, UnreadableFile
+    from foundry.modelref import read_config as read_model_config
+
     try:
-        config = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as error:
-        raise UserError(f"model folder {model_dir}: config.json is not valid JSON ({error})") from None
-    if not isinstance(config, dict) or not config.get("model_type"):
+        config = read_model_config(model_dir / "config.json")
+    except FileNotFoundError:
+        raise UserError(f"model folder {model_dir}: no config.json; a Hugging Face causal LM folder (config.json, *.safetensors, tokenizer files) is expected") from None
+    except (UnreadableFile, BadModelConfig) as error:
+        raise UserError(f"model folder {model_dir}: config.json is not a model config ({error})") from None
+    if not config.get("model_type"):
         raise UserError(f"model folder {model_dir}: config.json has no `model_type`; is this a transformers model?")
     return config
 

@@ -65,7 +65,7 @@ class ChunkPlan:
     oversized: list[tuple[str, int]] = field(default_factory=list)
 
 
-def _align(offset: int, length: int, align_threshold: int, alignment: int) -> int:
+def align(offset: int, length: int, align_threshold: int, alignment: int) -> int:
     if length > align_threshold and offset % alignment:
         return offset + alignment - offset % alignment
     return offset
@@ -91,7 +91,7 @@ def plan_chunks(
             plan.placements.append(Placement(name, len(plan.chunk_sizes) - 1, 0, length))
             current = -1      # nothing shares a chunk with an oversized tensor
             continue
-        offset = _align(used, length, align_threshold, alignment) if current >= 0 else 0
+        offset = align(used, length, align_threshold, alignment) if current >= 0 else 0
         if current < 0 or offset + length > shard_bytes:
             plan.chunk_sizes.append(0)
             current, offset = len(plan.chunk_sizes) - 1, 0
@@ -170,7 +170,7 @@ def external_info(tensor: TensorProto) -> dict[str, str]:
     return {entry.key: entry.value for entry in tensor.external_data}
 
 
-def _set_external(tensor: TensorProto, location: str, offset: int, length: int) -> None:
+def set_external(tensor: TensorProto, location: str, offset: int, length: int) -> None:
     tensor.ClearField("raw_data")
     del tensor.external_data[:]
     tensor.data_location = TensorProto.EXTERNAL
@@ -179,7 +179,7 @@ def _set_external(tensor: TensorProto, location: str, offset: int, length: int) 
         entry.key, entry.value = key, value
 
 
-def _safe_location(base: Path, location: str, tensor: str, model: Path) -> Path:
+def safe_location(base: Path, location: str, tensor: str, model: Path) -> Path:
     """The source file of an external tensor, refusing locations outside the model's folder."""
     relative = Path(location)
     if not location or relative.is_absolute() or ".." in relative.parts:
@@ -204,7 +204,7 @@ def _sources(model: ModelProto, src: Path) -> tuple[list[_Source], int]:
     for tensor, may_move_out in all_tensors(model):
         if uses_external_data(tensor):
             info = external_info(tensor)
-            path = _safe_location(src.parent, info.get("location", ""), tensor.name, src)
+            path = safe_location(src.parent, info.get("location", ""), tensor.name, src)
             if path not in sizes:
                 try:
                     sizes[path] = path.stat().st_size
@@ -287,7 +287,7 @@ def rechunk(src: Path, dst_dir: Path, shard_bytes: int, *, name: str | None = No
                         if source.file not in handles:
                             handles[source.file] = open(source.file, "rb")
                         _copy_range(handles[source.file], out, source.offset, source.length)
-                    _set_external(source.tensor, path.name, placement.offset, placement.length)
+                    set_external(source.tensor, path.name, placement.offset, placement.length)
                 out.flush()
                 os.fsync(out.fileno())
                 if out.tell() != plan.chunk_sizes[index]:

@@ -18,7 +18,7 @@ Input `model`: a local Hugging Face causal LM folder. Output (`out`):
 
 The export (jobs/onnx/export.py: onnxruntime-genai's builder, or optimum-onnx for the
 families only it takes) and the PyTorch reference each run in a process of their own
-(jobs/onnx/steps.py): a loaded PyTorch model's memory only goes back to the system when its
+(jobs/steps.py): a loaded PyTorch model's memory only goes back to the system when its
 process exits. Then each variant is derived from the fp32 graph, tensor by tensor
 (jobs/onnx/derive.py), and its agreement measured, here, one after another.
 
@@ -86,14 +86,14 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     import onnx
 
     from jobs.onnx import export
-    from jobs.onnx.steps import StepLog, give_back_freed_memory, peak_rss_bytes, run_step
+    from jobs.steps import StepLog, give_back_freed_memory, peak_rss_bytes, run_step
 
     _check_model_folder(model_dir, allow_pickle=allow_pickle)
     exporter = export.exporter_for(model_dir)
 
     out.mkdir(parents=True, exist_ok=True)
     copied = _copy_metadata(model_dir, out, trust_remote_code=trust_remote_code)
-    steps = StepLog()
+    steps = StepLog("quantize")
     seconds: dict[str, float] = {}
     files: dict[str, dict[str, Any]] = {}
     onnx_dir = out / ONNX_FOLDER

@@ -33,6 +33,7 @@ GIB = 1024**3
 class StepLog:
     """The peak RSS of each step of one stage run that ran in a process of its own."""
 
+    stage: str
     peaks: dict[str, int] = field(default_factory=dict)
 
     def record(self, name: str, peak_bytes: int) -> None:
@@ -43,15 +44,11 @@ class StepKilled(UserError):
     """A step died of a signal; most often the kernel's out-of-memory killer."""
 
 
-def peak_rss_bytes(pid: int | str = "self") -> int:
-    """VmHWM of a process, from /proc; ru_maxrss where /proc has none."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory so far, the kernel's VmHWM (getrusage counts KiB
+    on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
 
 
 def memory_allowed() -> str:
@@ -76,29 +73,27 @@ def run_step(log: StepLog, name: str, function: Callable[..., Any], *args: Any) 
     with tempfile.TemporaryDirectory(prefix="foundry-step-") as folder:
         call, result = Path(folder) / "call.pickle", Path(folder) / "result.pickle"
         call.write_bytes(pickle.dumps((function, args)))
-        run_command(log, name, [sys.executable, "-m", "jobs.onnx.steps", str(call), str(result)])
+        run_command(log, name, [sys.executable, "-m", "jobs.steps", str(call), str(result)])
         return pickle.loads(result.read_bytes())
 
 
-def run_command(log: StepLog, name: str, command: list[str], *, env: dict[str, str] | None = None) -> str:
-    """A step that is a program of its own; its stdout, once it exited 0."""
-    with tempfile.TemporaryFile("w+") as stdout, tempfile.TemporaryFile("w+") as stderr:
-        process = subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True, env=env)
+def run_command(log: StepLog, name: str, command: list[str], *, env: dict[str, str] | None = None) -> None:
+    """A step that is a program of its own, waited for so that its own peak is known."""
+    with tempfile.TemporaryFile("w+") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True, env=env)
         _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
         log.record(name, usage.ru_maxrss * 1024)
-        stdout.seek(0)
+        code = os.waitstatus_to_exitcode(status)
         stderr.seek(0)
-        output, errors = stdout.read(), stderr.read()
-    if process.returncode < 0:
+        errors = stderr.read()
+    if code < 0:
         raise StepKilled(
-            f"quantize: step {name!r} was killed by signal {-process.returncode} before it finished (SIGKILL: most often the kernel's "
-            f"out-of-memory killer); it had {memory_allowed()}: give the quantize stage more memory (resources.quantize.memory)"
+            f"{log.stage}: step {name!r} was killed by signal {-code} before it finished (SIGKILL: most often the kernel's "
+            f"out-of-memory killer); it had {memory_allowed()}: give the {log.stage} stage more memory (resources.{log.stage}.memory)"
         )
-    if process.returncode != 0:
+    if code != 0:
         tail = "\n".join(errors.strip().splitlines()[-15:])
-        raise RuntimeError(f"quantize: step {name!r} failed (exit {process.returncode}):\n{tail}")
-    return output
+        raise RuntimeError(f"{log.stage}: step {name!r} failed (exit {code}):\n{tail}")
 
 
 def give_back_freed_memory() -> None:
