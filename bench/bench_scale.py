@@ -50,8 +50,7 @@ def make_model(folder: Path, size: str, seed: int) -> Path:
     ids = json.loads((tokenizer / "config.json").read_text())
     torch.manual_seed(seed)
     config = Qwen2Config(**QWEN25[size], **COMMON, bos_token_id=ids["bos_token_id"], eos_token_id=ids["eos_token_id"], architectures=["Qwen2ForCausalLM"])
-    with torch.device("cpu"):
-        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model = Qwen2ForCausalLM(config).to(torch.bfloat16)
     model.save_pretrained(folder, safe_serialization=True)
     del model
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
