@@ -25,8 +25,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from foundry.errors import UserError
 from foundry.stagespec import StageSpec
 from foundry.variants import VARIANT_FILES
-from jobs.onnx.decoder import decoder_feeds
-from jobs.stages.quantize import REFERENCE, decoder_session, empty_past, run
+from jobs.onnx.decoder import decoder_feeds, decoder_session, empty_past
+from jobs.onnx.slices import initializer_bytes, plan_slices
+from jobs.stages.quantize import REFERENCE, _lift_to_float32_while_running, onnx_logits, run
 from jobs.tiny.models import build
 
 LEVELS = list(VARIANT_FILES)
@@ -194,6 +195,46 @@ def _greedy_onnx(session: ort.InferenceSession, ids: list[int], *, steps: int, e
         assert all(value.shape[2] == length for value in feeds_past.values())
         current, past_length = [token], length
     return tokens, with_past
+
+
+# --- the check's memory: slices and the lifted reference -------------------------------------
+
+@pytest.mark.parametrize("level", ["fp32", "q4f16"])
+def test_a_graph_run_in_slices_gives_the_whole_graphs_logits(llama: tuple[Path, dict[str, Any], Path], level: str) -> None:
+    out, _, _ = llama
+    path = out / "onnx" / VARIANT_FILES[level]
+    graph = onnx.load(str(path), load_external_data=False).graph
+    sizes = {tensor.name: initializer_bytes(tensor) for tensor in graph.initializer}
+    budget = max(sizes.values()) // 2
+    slices = plan_slices(graph, budget)
+    # Consecutive, covering every node; a slice over budget has one node that reads more alone.
+    assert [start for start, _ in slices[1:]] == [end for _, end in slices[:-1]] and slices[0][0] == 0 and slices[-1][1] == len(graph.node)
+    assert len(slices) >= 4
+    for start, end in slices:
+        readers = [node for node in graph.node[start:end] if any(name in sizes for name in node.input)]
+        read = {name for node in readers for name in node.input if name in sizes}
+        assert sum(sizes[name] for name in read) <= budget or len(readers) == 1
+    token_ids = [[5, 6, 7, 8, 9], [11, 12]]
+    whole = list(onnx_logits(path, token_ids))
+    sliced = list(onnx_logits(path, token_ids, weight_budget=budget))
+    for expected, got in zip(whole, sliced, strict=True):
+        assert got.shape == expected.shape
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 if level == "fp32" else 2e-3)
+        assert (got.argmax(-1) == expected.argmax(-1)).all()
+
+
+def test_the_reference_lifts_weights_and_puts_the_checkpoints_own_back(llama: tuple[Path, dict[str, Any], Path]) -> None:
+    _, _, model_dir = llama
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        expected = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).float().eval()(input_ids=ids).logits
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16).eval()
+        before = {name: (parameter.data_ptr(), parameter.dtype) for name, parameter in model.named_parameters()}
+        _lift_to_float32_while_running(model)
+        got = model(input_ids=ids).logits
+    # The same numbers as the model's float32 copy, and the very tensors loaded (no second copy).
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+    assert {name: (parameter.data_ptr(), parameter.dtype) for name, parameter in model.named_parameters()} == before
 
 
 # --- a second family, and determinism --------------------------------------------------------

@@ -12,10 +12,17 @@ from typing import Any
 _PAST_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16"}
 
 
-def decoder_session(path: Path, *, lean: bool = False) -> Any:
-    """A CPU session; `lean` trades speed for memory: no prepacked copies of the weights
-    (ONNX Runtime's default doubles an fp32 model's footprint) and no arena holding on to
-    freed activations. The quantize stage's checks run lean; generation does not."""
+def decoder_session(path: Path) -> Any:
+    """A CPU session over the whole graph, for generation (checks run slice by slice: jobs/onnx/slices.py)."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), session_options(lean=False), providers=["CPUExecutionProvider"])
+
+
+def session_options(*, lean: bool) -> Any:
+    """`lean` trades speed for memory: no prepacked copies of the weights (ONNX Runtime's
+    default doubles an fp32 model's footprint) and no arena holding on to freed
+    activations. The quantize stage's checks run lean; generation does not."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -23,7 +30,7 @@ def decoder_session(path: Path, *, lean: bool = False) -> Any:
     if lean:
         options.add_session_config_entry("session.disable_prepacking", "1")
         options.enable_cpu_mem_arena = False
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
 
 
 def empty_past(session: Any, batch: int = 1) -> dict[str, Any]:

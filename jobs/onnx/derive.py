@@ -40,6 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 from jobs.onnx.external_data import ALIGN_THRESHOLD, ALIGNMENT, INLINE_THRESHOLD, align, external_info, safe_location, set_external, uses_external_data
 
 MS_DOMAIN = "com.microsoft"
+EMBEDDING_ROWS_PER_BLOCK = 4096
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,8 @@ def _transposed(writer: VariantWriter, name: str, done: dict[str, str]) -> str:
         rows, columns = (int(d) for d in writer.source.tensors[name].dims)
         source_type = writer.source.tensors[name].data_type
         copy = writer.add(f"{name}_transposed", source_type, [columns, rows], lambda: writer.source.read(copy))
-        writer.source.define(copy, source_type, [columns, rows], lambda: np.ascontiguousarray(writer.source.read(name).T))
+        # A view: its reader copies what it needs (a block of rows, or the whole matrix to pack).
+        writer.source.define(copy, source_type, [columns, rows], lambda: writer.source.read(name).T)
         done[name] = copy
     return done[name]
 
@@ -299,12 +301,19 @@ def quantize_embeddings(writer: VariantWriter, float_type: int) -> int:
             rows, columns = (int(d) for d in table.dims)
             cache: dict[str, np.ndarray] = {}
 
-            def values(name: str = table.name, cache: dict = cache) -> np.ndarray:
-                matrix = np.asarray(writer.source.read(name), dtype=np.float32)
-                peak = np.abs(matrix).max(axis=1, keepdims=True)
-                scales = np.where(peak > 0, peak / 127.0, 1.0).astype(np.float32)
+            def values(name: str = table.name, rows: int = rows, cache: dict = cache) -> np.ndarray:
+                # A block of rows at a time: the table is the largest tensor of most models,
+                # and a whole-table expression would hold four float copies of it.
+                matrix = writer.source.read(name)
+                quantized = np.empty(matrix.shape, dtype=np.int8)
+                scales = np.empty((rows, 1), dtype=np.float32)
+                for first in range(0, rows, EMBEDDING_ROWS_PER_BLOCK):
+                    block = np.asarray(matrix[first:first + EMBEDDING_ROWS_PER_BLOCK], dtype=np.float32)
+                    peak = np.abs(block).max(axis=1, keepdims=True)
+                    scales[first:first + len(block)] = np.where(peak > 0, peak / 127.0, 1.0)
+                    quantized[first:first + len(block)] = np.clip(np.rint(block / scales[first:first + len(block)]), -127, 127)
                 cache["scales"] = scales
-                return np.clip(np.rint(matrix / scales), -127, 127).astype(np.int8)
+                return quantized
 
             def scales(cache: dict = cache, values: Producer = values) -> np.ndarray:
                 if "scales" not in cache:

@@ -43,7 +43,7 @@ from typing import Any
 from foundry.errors import UserError
 from foundry.stagespec import StageSpec
 from foundry.variants import ONNX_FOLDER, VARIANT_FILES
-from jobs.onnx.decoder import decoder_feeds, decoder_session, empty_past
+from jobs.onnx.decoder import decoder_feeds, empty_past
 
 LOG = logging.getLogger("foundry.quantize")
 
@@ -51,6 +51,9 @@ REPORT_FILE = "quantize.json"
 REFERENCE = "pytorch-fp32"
 MAX_PROMPT_TOKENS = 128
 PROMPTS_PER_BATCH = 2
+# A variant's check runs its graph in slices of at most 1/CHECK_SLICES of the fp32 weights
+# (half the fp16 bytes): the stage's peak then stays that of the export.
+CHECK_SLICES = 4
 # The graph onnxruntime-genai runs from a published folder: the first of these built.
 GENAI_PREFERENCE = ("q4", "q8", "fp32", "q4f16", "fp16", "q2")
 
@@ -86,6 +89,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     import onnx
 
     from jobs.onnx import export
+    from jobs.onnx.slices import initializer_bytes
     from jobs.steps import StepLog, give_back_freed_memory, peak_rss_bytes, run_step
 
     _check_model_folder(model_dir, allow_pickle=allow_pickle)
@@ -101,7 +105,9 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         work = Path(scratch)
         tick = time.perf_counter()
         fp32 = exporter.export(steps, model_dir, work / "export", trust_remote_code=trust_remote_code)
-        io = export.check_decoder_io(onnx.load(str(fp32), load_external_data=False))
+        exported = onnx.load(str(fp32), load_external_data=False)
+        io = export.check_decoder_io(exported)
+        weight_budget = sum(map(initializer_bytes, exported.graph.initializer)) // CHECK_SLICES
         seconds["export"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -113,7 +119,7 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         for variant in variants:
             tick = time.perf_counter()
             target = onnx_dir / VARIANT_FILES[variant]
-            files[variant] = make_variant(fp32, target, variant, token_ids, reference)
+            files[variant] = make_variant(fp32, target, variant, token_ids, reference, weight_budget)
             give_back_freed_memory()
             seconds[variant] = time.perf_counter() - tick
             LOG.info("quantize: %s written (%d bytes, %.1fs, top-1 agreement %.3f)", target.name, files[variant]["size_bytes"], seconds[variant], files[variant]["top1_agreement"])
@@ -145,12 +151,12 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     }
 
 
-def make_variant(fp32: Path, target: Path, variant: str, token_ids: list[list[int]], reference: Path) -> dict[str, Any]:
+def make_variant(fp32: Path, target: Path, variant: str, token_ids: list[list[int]], reference: Path, weight_budget: int) -> dict[str, Any]:
     """Derive one variant from the fp32 graph and measure its agreement.
 
-    In the stage's own process: what it holds (a tensor at a time, then one lean ONNX
-    Runtime session) is in buffers large enough that freeing them returns them to the
-    system, so variants run one after another without adding up.
+    In the stage's own process: what it holds (a tensor at a time, then one slice of the
+    graph in a lean ONNX Runtime session) is in buffers large enough that freeing them
+    returns them to the system, so variants run one after another without adding up.
     """
     import onnx
 
@@ -164,7 +170,7 @@ def make_variant(fp32: Path, target: Path, variant: str, token_ids: list[list[in
         "size_bytes": made["size_bytes"],
         "kv_cache_dtype": io["past_dtype"],
         "quantization": made["settings"],
-        **saved_agreement(reference, onnx_logits(decoder_session(target, lean=True), token_ids)),
+        **saved_agreement(reference, onnx_logits(target, token_ids, weight_budget)),
     }
 
 
@@ -303,18 +309,23 @@ def _lift_to_float32_while_running(model: Any) -> None:
 
     Activations then flow in float32 from the embedding on, so the model computes what its
     float32 copy would, holding one module's float32 weights at a time.
+
+    The checkpoint's own tensors are put back after the forward, not converted back: they
+    are views of the memory-mapped safetensors file, and a converted copy would hold every
+    weight twice (the mapped pages and the copy; 6.6 GiB instead of 4 at 1.5B).
     """
     import torch
 
-    stored = model.dtype
+    stored: dict[int, list[Any]] = {}
 
     def lift(module: Any, _inputs: Any) -> None:
+        stored[id(module)] = [parameter.data for parameter in module.parameters(recurse=False)]
         for parameter in module.parameters(recurse=False):
             parameter.data = parameter.data.to(torch.float32)
 
     def lower(module: Any, _inputs: Any, _output: Any) -> None:
-        for parameter in module.parameters(recurse=False):
-            parameter.data = parameter.data.to(stored)
+        for parameter, data in zip(module.parameters(recurse=False), stored.pop(id(module)), strict=True):
+            parameter.data = data
 
     for module in model.modules():
         if any(True for _ in module.parameters(recurse=False)):
@@ -322,12 +333,17 @@ def _lift_to_float32_while_running(model: Any) -> None:
             module.register_forward_hook(lower)
 
 
-def onnx_logits(session: Any, token_ids: list[list[int]]) -> Iterator[Any]:
-    """Logits at every position of each prompt, from full-sequence forwards with an empty past."""
+def onnx_logits(path: Path, token_ids: list[list[int]], weight_budget: int | None = None) -> Iterator[Any]:
+    """Logits at every position of each prompt, from full-sequence forwards with an empty
+    past, the graph run in slices holding at most `weight_budget` bytes of weights each."""
     import numpy as np
 
-    for first, ids, mask in padded_batches(token_ids):
-        logits = session.run(["logits"], decoder_feeds(session, ids, mask, empty_past(session, batch=len(ids))))[0]
+    from jobs.onnx.slices import SlicedDecoder
+
+    decoder = SlicedDecoder(path, weight_budget)
+    batches = list(padded_batches(token_ids))
+    feeds = [decoder_feeds(decoder, ids, mask, empty_past(decoder, batch=len(ids))) for _, ids, mask in batches]
+    for (first, ids, _), logits in zip(batches, decoder.run("logits", feeds), strict=True):
         for row, prompt in enumerate(token_ids[first:first + len(ids)]):
             yield logits[row, :len(prompt)].astype(np.float32)
 

@@ -101,10 +101,10 @@ def _measure(folder: Path, variant: str, *, token_ids: list[list[int]] | None, s
         "load_seconds": round(generator.load_seconds, 4),
         "tokens_per_second": round(generated / seconds, 2),
     }
+    del generator       # the measurement below opens its own session: never two copies of a large model at once
     if not suites:
         assert token_ids is not None
-        return row, list(onnx_logits(generator.session, token_ids))
-    del generator       # evaluate_folder opens its own session: never two copies of a large model at once
+        return row, list(onnx_logits(folder / ONNX_FOLDER / VARIANT_FILES[variant], token_ids))
     from foundry.metrics import flat_metrics
     from jobs.evaluation import evaluate_folder
 
