@@ -312,7 +312,7 @@ def _lift_to_float32_while_running(model: Any) -> None:
 
     The checkpoint's own tensors are put back after the forward, not converted back: they
     are views of the memory-mapped safetensors file, and a converted copy would hold every
-    weight twice (the mapped pages and the copy; 6.6 GiB instead of 4 at 1.5B).
+    weight twice (the mapped pages and the copy; 6.6 GiB instead of 4.3 at 1.5B).
     """
     import torch
 

@@ -1,0 +1,43 @@
+"""jobs/steps.py: a stage's heavy steps in processes of their own, their peaks, and a killed
+step named with the memory it had (issue "Real model sizes": "a stage that runs out of
+memory says which step and how much it had, not a bare kill")."""
+
+import os
+import sys
+
+import pytest
+
+from foundry.errors import UserError
+from jobs.steps import StepKilled, StepLog, run_command, run_step
+
+MIB = 1024 * 1024
+
+
+def test_a_step_returns_its_result_and_its_own_peak() -> None:
+    log = StepLog("quantize")
+    # A function importable by name in the child (as every step is): 128 MiB of random bytes.
+    assert len(run_step(log, "hold", os.urandom, 128 * MIB)) == 128 * MIB
+    # The child's own peak: at least what it made, below what two more copies would take.
+    assert 128 * MIB <= log.peaks["hold"] < 3 * 128 * MIB + 100 * MIB
+
+
+def test_a_killed_step_is_named_with_the_memory_it_had() -> None:
+    log = StepLog("quantize")
+    with pytest.raises(StepKilled) as raised:
+        run_command(log, "reference", [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    message = str(raised.value)
+    assert isinstance(raised.value, UserError)     # one line and exit 2 from the CLI
+    assert "\n" not in message
+    assert "quantize: step 'reference' was killed by signal 9" in message
+    assert "out-of-memory killer" in message and "GiB (the" in message and "resources.quantize.memory" in message
+    assert "reference" in log.peaks
+
+
+def test_a_failing_step_shows_the_end_of_its_errors() -> None:
+    log = StepLog("merge")
+    program = "import sys\nfor n in range(40): print('line', n, file=sys.stderr)\nsys.exit(3)"
+    with pytest.raises(RuntimeError) as raised:
+        run_command(log, "export", [sys.executable, "-c", program])
+    message = str(raised.value)
+    assert message.startswith("merge: step 'export' failed (exit 3):")
+    assert "line 39" in message and "line 24" not in message    # the last 15 lines
