@@ -46,6 +46,7 @@ def check_weight_format(folder: Path, reference: str, *, allow_pickle: bool) -> 
 
 
 def _download(ref: ModelRef, allow_pickle: bool) -> Path:
+    from httpx2 import HTTPError as TransportError
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 
@@ -56,5 +57,5 @@ def _download(ref: ModelRef, allow_pickle: bool) -> Path:
         raise UserError(f"model {ref.path}: gated on the Hugging Face hub; accept its licence there and provide a token in HF_TOKEN") from None
     except RepositoryNotFoundError:
         raise UserError(f"model {ref.path}: not found on the Hugging Face hub (or private: set HF_TOKEN); check the id") from None
-    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+    except (LocalEntryNotFoundError, HfHubHTTPError, TransportError, OSError) as error:
         raise UserError(f"model {ref.path}: could not be downloaded from the Hugging Face hub ({type(error).__name__}); check the network or pre-fill the cache") from None
