@@ -2,8 +2,9 @@
 
 For each architecture a small random-weight model is built here with transformers (the
 tokenizer of tiny:llama-a, weights drawn wide enough that greedy decoding has clear
-winners), run through `foundry run` (quantize: fp32, q4, q4f16; publish), and
-transformers.js in Node must generate ONNX Runtime's greedy tokens for every variant;
+winners), run through `foundry run` (quantize: fp32, q4, q4f16; publish); the fp32 graph's
+logits must agree with PyTorch's (the stage's agreement check), and transformers.js in Node
+must generate ONNX Runtime's greedy tokens for every variant;
 q4 and q4f16 of the tied family also on WebAssembly, in Chromium.
 """
 
@@ -31,6 +32,8 @@ LOCAL_TRANSFORMERS = assets.TRANSFORMERS_ROUTE + assets.TRANSFORMERS_MODULE
 MAX_NEW_TOKENS = 12
 VARIANTS = ["fp32", "q4", "q4f16"]
 MESSAGES = [{"role": "user", "content": "Anna went to the park"}]
+# The stage's agreement check, fp32 ONNX against PyTorch; the first prompt outruns Gemma 3's window.
+PROMPTS = ["Anna went to the park with her old dog and they played there until it was dark", "The old dog"]
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256}
 
 # architecture -> config fields beyond SMALL (each family's own switches, small).
@@ -41,8 +44,16 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "MistralForCausalLM": {"model_type": "mistral", "sliding_window": None},
     "GemmaForCausalLM": {"model_type": "gemma"},
     "Gemma2ForCausalLM": {"model_type": "gemma2", "sliding_window": 128, "query_pre_attn_scalar": 16},
+    # A window shorter than the prompt, local and global layers, each with its own rope base.
+    "Gemma3ForCausalLM": {
+        "model_type": "gemma3_text", "num_hidden_layers": 3, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        "sliding_window": 4, "query_pre_attn_scalar": 16, "tie_word_embeddings": True,
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10.0}, "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0}},
+    },
     "Phi3ForCausalLM": {"model_type": "phi3", "original_max_position_embeddings": 256, "tie_word_embeddings": False},
     "GraniteForCausalLM": {"model_type": "granite", "embedding_multiplier": 2.0, "logits_scaling": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.25},
+    # The second and fourth layers without RoPE (no_rope_layers == [1, 0, 1, 0]), embeddings tied as SmolLM3-3B's.
+    "SmolLM3ForCausalLM": {"model_type": "smollm3", "num_hidden_layers": 4, "no_rope_layer_interval": 2, "tie_word_embeddings": True},
 }
 
 
@@ -77,7 +88,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
         recipe = {
             "name": _entry(architecture),
             "models": [{"model": str(model)}],
-            "quantize": {"variants": VARIANTS, "prompts": ["Anna went to the park", "The old dog"]},
+            "quantize": {"variants": VARIANTS, "prompts": PROMPTS},
             "publish": {"to": str(site / "models"), "shard_size_mb": 0.1, "entry": {"id": _entry(architecture)}},
         }
         (work / "recipe.yml").write_text(yaml.safe_dump(recipe))
@@ -97,7 +108,9 @@ def test_published_family_generates_in_transformers_js(architecture: str, publis
     assert result.returncode == 0, result.stdout + result.stderr
     entry_id = _entry(architecture)
     folder = site / "models" / entry_id
-    assert set(manifest.read(folder)["variants"]) == set(VARIANTS)
+    variants = manifest.read(folder)["variants"]
+    assert set(variants) == set(VARIANTS)
+    assert variants["fp32"]["top1_agreement"] == 1.0 and variants["fp32"]["max_logit_diff"] < 1e-3, variants["fp32"]
     genai = json.loads((folder / "genai_config.json").read_text())
     assert genai["model"]["decoder"]["filename"] == "onnx/model_q4.onnx"
     output = run_node("node_generate.mjs", {
