@@ -33,7 +33,8 @@ builders = importlib.import_module("builders")
 
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
 
-# Rope types whose cos/sin caches the builder computes from the parameters alone.
+# The global layers' rope types whose scaling the local cache is kept free of (linear's
+# `rescale_factors`, reset below); yarn's magnitude scaling would leak into it.
 GLOBAL_ROPE_TYPES = {"default", "linear"}
 
 
