@@ -31,10 +31,10 @@ class Family:
 # The builder's architectures (onnxruntime_genai/models/builder.py, 0.18.0) whose graphs the
 # suite publishes and runs in transformers.js (tests/test_architectures.py). Others the
 # builder knows (gpt-oss, lfm2, internlm2, ernie, ...) are not offered until a test proves
-# their graphs in a browser. Two it names fail on transformers 5.25's configs: gemma3_text
-# (its `rope_parameters` are nested per layer type; the builder reads `rope_type` at the top:
-# KeyError) and smollm3 (its no-RoPE layers send the builder for a `position_ids` input its
-# GQA graph does not have: KeyError).
+# their graphs in a browser. Gemma3ForCausalLM and SmolLM3ForCausalLM export through
+# Foundry's adapters of the builder's classes (jobs/onnx/builder_run.py): the builder misreads
+# transformers 5's per-layer-type rope parameters of the one and the layers without RoPE of
+# the other.
 BUILDER_ARCHITECTURES: dict[str, Family] = {
     architecture: Family(model_type, BUILDER, web=True)
     for architecture, model_type in {
@@ -44,8 +44,10 @@ BUILDER_ARCHITECTURES: dict[str, Family] = {
         "Qwen3ForCausalLM": "qwen3",
         "GemmaForCausalLM": "gemma",
         "Gemma2ForCausalLM": "gemma2",
+        "Gemma3ForCausalLM": "gemma3_text",
         "Phi3ForCausalLM": "phi3",
         "GraniteForCausalLM": "granite",
+        "SmolLM3ForCausalLM": "smollm3",
     }.items()
 }
 

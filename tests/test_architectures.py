@@ -2,8 +2,9 @@
 
 For each architecture a small random-weight model is built here with transformers (the
 tokenizer of tiny:llama-a, weights drawn wide enough that greedy decoding has clear
-winners), run through `foundry run` (quantize: fp32, q4, q4f16; publish), and
-transformers.js in Node must generate ONNX Runtime's greedy tokens for every variant;
+winners), run through `foundry run` (quantize: fp32, q4, q4f16; publish); the fp32 graph's
+logits must agree with PyTorch's (the stage's agreement check), and transformers.js in Node
+must generate ONNX Runtime's greedy tokens for every variant;
 q4 and q4f16 of the tied family also on WebAssembly, in Chromium.
 """
 
@@ -31,6 +32,8 @@ LOCAL_TRANSFORMERS = assets.TRANSFORMERS_ROUTE + assets.TRANSFORMERS_MODULE
 MAX_NEW_TOKENS = 12
 VARIANTS = ["fp32", "q4", "q4f16"]
 MESSAGES = [{"role": "user", "content": "Anna went to the park"}]
+# The stage's agreement check, fp32 ONNX against PyTorch; the first prompt outruns Gemma 3's window.
+PROMPTS = ["Anna went to the park with her old dog and they played there until it was dark", "The old dog"]
 SMALL = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "max_position_embeddings": 256}
 
 # architecture -> config fields beyond SMALL (each family's own switches, small).
@@ -41,9 +44,23 @@ FAMILIES: dict[str, dict[str, Any]] = {
     "MistralForCausalLM": {"model_type": "mistral", "sliding_window": None},
     "GemmaForCausalLM": {"model_type": "gemma"},
     "Gemma2ForCausalLM": {"model_type": "gemma2", "sliding_window": 128, "query_pre_attn_scalar": 16},
+    # A window shorter than the prompt, local and global layers, each with its own rope base.
+    "Gemma3ForCausalLM": {
+        "model_type": "gemma3_text", "num_hidden_layers": 3, "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+        "sliding_window": 4, "query_pre_attn_scalar": 16, "tie_word_embeddings": True,
+        "rope_parameters": {"sliding_attention": {"rope_type": "default", "rope_theta": 10.0}, "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1000.0}},
+    },
     "Phi3ForCausalLM": {"model_type": "phi3", "original_max_position_embeddings": 256, "tie_word_embeddings": False},
     "GraniteForCausalLM": {"model_type": "granite", "embedding_multiplier": 2.0, "logits_scaling": 2.0, "residual_multiplier": 0.5, "attention_multiplier": 0.25},
+    # The second and fourth layers without RoPE (no_rope_layers == [1, 0, 1, 0]), embeddings tied as SmolLM3-3B's.
+    "SmolLM3ForCausalLM": {"model_type": "smollm3", "num_hidden_layers": 4, "no_rope_layer_interval": 2, "tie_word_embeddings": True},
 }
+
+# Gemma 2 and 3 scale their embeddings by sqrt(hidden_size) and normalise every layer's
+# output: at random, the token's own embedding outweighs the layers, and greedy decoding
+# repeats one token whatever the attention does. Their norms are drawn wide so that the
+# layers count.
+WIDE_NORMS = {"Gemma2ForCausalLM": 4.0, "Gemma3ForCausalLM": 4.0}
 
 
 def test_the_table_covers_the_builder() -> None:
@@ -59,6 +76,10 @@ def _random_model(folder: Path, architecture: str) -> Path:
     )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    if architecture in WIDE_NORMS:
+        for name, parameter in model.named_parameters():
+            if "norm" in name:
+                parameter.data.normal_(0.0, WIDE_NORMS[architecture])
     model.save_pretrained(folder, safe_serialization=True)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json"):
         if (tokenizer_source / name).is_file():
@@ -77,7 +98,7 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, 
         recipe = {
             "name": _entry(architecture),
             "models": [{"model": str(model)}],
-            "quantize": {"variants": VARIANTS, "prompts": ["Anna went to the park", "The old dog"]},
+            "quantize": {"variants": VARIANTS, "prompts": PROMPTS},
             "publish": {"to": str(site / "models"), "shard_size_mb": 0.1, "entry": {"id": _entry(architecture)}},
         }
         (work / "recipe.yml").write_text(yaml.safe_dump(recipe))
@@ -97,7 +118,9 @@ def test_published_family_generates_in_transformers_js(architecture: str, publis
     assert result.returncode == 0, result.stdout + result.stderr
     entry_id = _entry(architecture)
     folder = site / "models" / entry_id
-    assert set(manifest.read(folder)["variants"]) == set(VARIANTS)
+    variants = manifest.read(folder)["variants"]
+    assert set(variants) == set(VARIANTS)
+    assert variants["fp32"]["top1_agreement"] == 1.0 and variants["fp32"]["max_logit_diff"] < 1e-3, variants["fp32"]
     genai = json.loads((folder / "genai_config.json").read_text())
     assert genai["model"]["decoder"]["filename"] == "onnx/model_q4.onnx"
     output = run_node("node_generate.mjs", {
@@ -106,8 +129,9 @@ def test_published_family_generates_in_transformers_js(architecture: str, publis
     })
     reference = greedy_answers(folder, MESSAGES[0]["content"], MAX_NEW_TOKENS)
     assert_same_tokens(output["results"], reference, folder)
-    # Something to compare: random weights may reach an end token early, but not at once.
-    assert len(reference["fp32"]["new_ids"]) >= 2
+    # Something to compare: random weights may reach an end token early, but not at once, and
+    # do not repeat one token (what a model whose layers do not count would do).
+    assert len(reference["fp32"]["new_ids"]) >= 2 and len(set(reference["fp32"]["new_ids"])) > 1, reference["fp32"]
 
 
 def test_q4f16_of_a_tied_model_runs_on_webassembly(published: tuple[Path, str, dict]) -> None:

@@ -9,7 +9,8 @@ Which exporter takes a family is decided in `foundry/exporters.py` (so `foundry 
 refuses the others):
 
 - `BuilderExporter`: onnxruntime-genai's model builder, run as its own program so that
-  the PyTorch model it loads is gone when it exits. Its graphs declare the last cache
+  the PyTorch model it loads is gone when it exits (through jobs/onnx/builder_run.py, which
+  puts Foundry's adapters for Gemma 3 and SmolLM3 in place of the builder's classes). Its graphs declare the last cache
   dimension as the symbolic `kv_cache_dim`; transformers.js sizes its empty cache by
   setting every symbolic dimension but the batch to 0, so it is pinned to the head size
   here. It also writes `genai_config.json`, kept for onnxruntime-genai.
@@ -89,7 +90,7 @@ class BuilderExporter(Exporter):
             "windowed_kv_cache=false",
         ]
         command = [
-            sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out),
+            sys.executable, "-m", "jobs.onnx.builder_run", "-i", str(model_dir), "-o", str(out),
             "-p", "fp32", "-e", "cpu", "-c", str(cache), "--extra_options", *options,
         ]
         run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
