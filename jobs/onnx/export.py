@@ -11,9 +11,9 @@ refuses the others):
 - `BuilderExporter`: onnxruntime-genai's model builder, run as its own program so that
   the PyTorch model it loads is gone when it exits (through jobs/onnx/builder_run.py, which
   puts Foundry's adapters for Gemma 3 and SmolLM3 in place of the builder's classes). Its
-  graphs declare the last cache dimension as the symbolic `kv_cache_dim`; transformers.js sizes its empty cache by
-  setting every symbolic dimension but the batch to 0, so it is pinned to the head size
-  here. It also writes `genai_config.json`, kept for onnxruntime-genai.
+  graphs declare the last cache dimension as the symbolic `kv_cache_dim`; transformers.js
+  sizes its empty cache by setting every symbolic dimension but the batch to 0, so it is
+  pinned to the head size here. It also writes `genai_config.json`, kept for onnxruntime-genai.
 - `OptimumExporter`: optimum-onnx in its own environment (jobs/onnx/optimum_env.py).
 """
 
