@@ -14,6 +14,7 @@ another host (another pod, another machine sharing the folder), or named by an o
 (`.<name>.tmp-<hex>`, `.<name>.<pid>.<hex>.tmp`), cannot be checked: it is removed once
 older than a day (gc: its --older-than), far longer than any copy or rename takes. A live
 writer's is never touched; a pid reused since only delays the removal to that age rule.
+A publish to a bucket names the tags of its uploads the same way (foundry/s3/publish.py).
 
 `replace_folder` puts a finished folder in place of another, which readers never find
 missing: a rename when the place is free, else one atomic swap (Linux's renameat2 with

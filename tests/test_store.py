@@ -151,7 +151,7 @@ def test_s3_layout_is_prefix_recipe_key_marker_and_attempt(s3_store: S3Store) ->
     attempt = _commit(s3_store, "merge-1")["attempt"]
     listed = s3client.client().list_objects_v2(Bucket=s3_store.root.bucket)["Contents"]
     folder = f"artifacts/r/merge-1/.attempts/{attempt}"
-    assert sorted(item["Key"] for item in listed) == ["artifacts/r/merge-1/.attempts/" + attempt + "/config.json", f"{folder}/sub/model.bin", "artifacts/r/merge-1/_SUCCESS.json"]
+    assert sorted(item["Key"] for item in listed) == [f"{folder}/config.json", f"{folder}/sub/model.bin", "artifacts/r/merge-1/_SUCCESS.json"]
     assert s3_store.location("r", "merge-1") == f"s3://{s3_store.root.bucket}/artifacts/r/merge-1/"
 
 
@@ -165,10 +165,10 @@ def test_fetch_downloads_once_and_reuses_the_cache(s3_store: S3Store, tmp_path: 
     assert s3_store.fetch("r", "k") == cached and (cached / "sub" / "model.bin").read_bytes() == b"abc"
     # another machine (an empty cache) downloads, verifying every file against the marker
     monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache2"))
-    with pytest.raises(DamagedKey, match=r"artifacts/r/k/\.attempts/[0-9a-f]{16}/sub/model.bin: missing: key r/k is damaged .* --repair"):
+    with pytest.raises(DamagedKey, match=r"artifacts/r/k/sub/model.bin: missing: key r/k is damaged .* --repair"):
         s3_store.fetch("r", "k")
     _plant(s3_store, "r", "k", "sub/model.bin", b"abd")
-    with pytest.raises(DamagedKey, match=r"artifacts/r/k/\.attempts/[0-9a-f]{16}/sub/model.bin: sha256 .* \(corrupted\): key r/k is damaged"):
+    with pytest.raises(DamagedKey, match=r"artifacts/r/k/sub/model.bin: sha256 .* \(corrupted\): key r/k is damaged"):
         s3_store.fetch("r", "k")
     assert not any((tmp_path / "cache2").rglob("model.bin")), "nothing half-fetched is left to be trusted"
     _plant(s3_store, "r", "k", "sub/model.bin", b"abc")
@@ -257,7 +257,7 @@ def test_a_damaged_cache_copy_is_downloaded_again_never_used(s3_store: S3Store, 
     # damaged in the bucket too: refused, naming the object, and the cache copy is not used
     _flip(cached / "sub" / "model.bin")
     _plant(s3_store, "r", "k", "sub/model.bin", b"0123456780")
-    with pytest.raises(DamagedKey, match=r"artifacts/r/k/\.attempts/[0-9a-f]{16}/sub/model.bin: sha256 .* \(corrupted\): key r/k is damaged"):
+    with pytest.raises(DamagedKey, match=r"artifacts/r/k/sub/model.bin: sha256 .* \(corrupted\): key r/k is damaged"):
         s3_store.fetch("r", "k")
 
 
@@ -329,7 +329,7 @@ def test_concurrent_commits_of_one_s3_key_leave_one_whole_marker(bucket: str, tm
             (staging / f"only-{index}.bin").write_bytes(b"x" * index)
         records = [build_record(staging, key=key, stage="merge", recipe="r", started=0.0, extra={}) for staging in stagings]
         with ThreadPoolExecutor(committers) as pool:
-            returned = list(pool.map(lambda triple: triple[0].commit("r", key, triple[1], triple[2]), zip(stores, stagings, records, strict=True)))
+            returned = list(pool.map(lambda triple, key=key: triple[0].commit("r", key, triple[1], triple[2]), zip(stores, stagings, records, strict=True)))
         store = stores[0]
         marker = store.marker("r", key)
         assert marker is not None and store.verify("r", key) == [], f"round {round_}: the marker lists files that are gone or another attempt's"
@@ -405,3 +405,27 @@ def test_artifacts_ls_of_a_bucket_leaves_a_broken_key_out_of_its_table(s3_store:
         assert result.exit_code == 0, result.output
         assert "merge-good" in result.stdout and "merge-bad" not in result.stdout and "1 key(s)" in result.stdout
         assert result.stderr.startswith("broken key r/merge-bad: _SUCCESS.json is truncated or not JSON")
+
+
+def test_a_key_recommitted_while_it_is_fetched_is_fetched_from_its_new_marker(s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forced re-run replaces the key (deleting the old attempt) while another machine
+    downloads it: that download finds its files gone, and fetches the new commit instead of
+    calling the key damaged."""
+    from foundry.store import s3 as s3_module
+
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FOUNDRY_SCRATCH", str(tmp_path / "elsewhere"))
+    _commit(s3_store, "k", b"one")
+    real_download, calls = s3_module.download_files, []
+
+    def download_after_a_recommit(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            with monkeypatch.context() as committer:        # the re-run's own machine
+                committer.setenv("FOUNDRY_CACHE", str(tmp_path / "committer"))
+                _commit(open_store(s3_store.url), "k", b"two")
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(s3_module, "download_files", download_after_a_recommit)
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "another-machine"))
+    assert (s3_store.fetch("r", "k") / "sub" / "model.bin").read_bytes() == b"two" and len(calls) == 2

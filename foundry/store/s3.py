@@ -5,11 +5,12 @@ a local scratch folder; `commit` uploads every file (parallel, verified against 
 sha256) under a folder of its own attempt, `<key>/.attempts/<attempt id>/`, and then writes
 the marker `<key>/_SUCCESS.json`, which names that attempt, in one conditional PUT
 (compare-and-swap, as the catalogue does): `If-None-Match: *` when the key had no marker as
-the attempt began, `If-Match: <its ETag>` when it replaces one (a forced re-run, a broken
-marker). So runs committing one key at once never mix their files: exactly one marker
-wins, and it lists only its own attempt's files; every loser deletes its own attempt and
-reports the marker that won. A winner that replaced a marker deletes the files that marker
-listed. A crash leaves an attempt no marker names, which `foundry gc` removes (an
+the stage began (`new_staging`), `If-Match: <its ETag>` when it replaces the one it found
+(a forced re-run; a broken marker is replaced whenever found). So runs committing one key
+at once never mix their files: exactly one marker wins, and it lists only its own
+attempt's files; every loser deletes its own attempt and reports the marker that won. A
+winner deletes the files of the marker it replaced (or, for a key that had none, files at
+the key's root, which only an older Foundry's crash writes). A crash leaves an attempt no marker names, which `foundry gc` removes (an
 "abandoned attempt", once older than --older-than, like any other leftover). Markers written
 before attempts (no `attempt` field) list files at the key's root, and are read as such.
 
@@ -169,7 +170,7 @@ class S3Store(Store):
                 with self._errors(f"fetching {recipe}/{key}"):
                     download_files(self.s3, self.root.bucket, downloads, self.config)
             except IntegrityError as error:
-                raise DamagedKey(recipe, key, folder.url, [str(error).removeprefix(f"s3 object {folder.prefix}")]) from None
+                raise DamagedKey(recipe, key, self.location(recipe, key), [str(error).removeprefix(f"s3 object {folder.prefix}")]) from None
             _write_marker(temporary, record)
             swap_in(temporary, target)
         finally:
