@@ -3,11 +3,14 @@ answer is handed to `delete`.
 
 Garbage is of three kinds:
 - leftovers of crashes: keys without a marker (or with a broken one), staging folders,
-  unfinished multipart uploads;
+  unfinished multipart uploads, a bucket key's attempts its marker does not name (runs that
+  lost a race to commit it, or crashed, without cleaning up: foundry/store/s3.py);
 - what a killed publish left where models are published (the places the recipes and the
   committed publish keys name): in a local folder, hidden copies and catalogue writes of a
   writer that is gone (foundry/temporaries.py tells dead from live), whatever their age; in
-  a bucket, version folders without their manifest.json (an upload that never finished);
+  a bucket, version folders without their manifest.json (an upload that never finished) and
+  writer tags, whatever their age when every tag names a dead writer, never while one names
+  a live one, else by age (foundry/s3/publish.py);
 - committed keys nothing refers to: no recipe of the recipes folder plans them (with its
   current parameters, at any point of its sweep), and no catalogue lists the model they
   published, nor, through a publish key's inputs, one made from them.
@@ -22,11 +25,14 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from foundry import catalog, temporaries
 from foundry.errors import UserError
 from foundry.store import CommittedKey, Leftover, Store
+
+if TYPE_CHECKING:
+    from foundry.s3.publish import Unfinished
 
 UNREFERENCED = "unreferenced key"
 PUBLISH_TEMPORARY = "publish temporary"
@@ -78,7 +84,8 @@ def collect(store: Store, recipes_dir: Path, *, older_than: float, now: float | 
     candidates += [Candidate(item.recipe, item.name, item.kind, item.size_bytes, now - item.modified, item) for item in store.leftovers()]
     for location, recipe in sorted(web.items()):
         if location.startswith("s3://"):
-            candidates += [Candidate(recipe, url, UNFINISHED_PUBLISH, size, now - newest) for url, size, newest in _unfinished_versions(location, found.warnings)]
+            candidates += [Candidate(recipe, item.url, UNFINISHED_PUBLISH, item.size_bytes, math.inf if item.dead else now - item.modified)
+                           for item in _unfinished_versions(location, found.warnings)]
         else:
             candidates += [Candidate(recipe, str(item.path), PUBLISH_TEMPORARY, item.size_bytes, math.inf if item.dead else now - item.modified)
                            for item in temporaries.find(Path(location))]
@@ -167,7 +174,7 @@ def _web_folders(web: dict[str, str], recipe: str, folder: Any, catalogue: Any) 
         web.setdefault(str(path.parent if is_file else path), recipe)
 
 
-def _unfinished_versions(location: str, warnings: list[str]) -> list[tuple[str, int, float]]:
+def _unfinished_versions(location: str, warnings: list[str]) -> list["Unfinished"]:
     from foundry.s3 import publish as s3_publish
 
     try:

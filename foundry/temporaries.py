@@ -14,6 +14,7 @@ another host (another pod, another machine sharing the folder), or named by an o
 (`.<name>.tmp-<hex>`, `.<name>.<pid>.<hex>.tmp`), cannot be checked: it is removed once
 older than a day (gc: its --older-than), far longer than any copy or rename takes. A live
 writer's is never touched; a pid reused since only delays the removal to that age rule.
+A publish to a bucket names the tags of its uploads the same way (foundry/s3/publish.py).
 
 `replace_folder` puts a finished folder in place of another, which readers never find
 missing: a rename when the place is free, else one atomic swap (Linux's renameat2 with
@@ -43,7 +44,12 @@ _UNTAGGED = (
 
 def beside(path: Path, kind: str = "tmp") -> Path:
     """A hidden temporary name for `path`, in its folder, naming this writer."""
-    return path.with_name(f".{path.name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}@{_host()}")
+    return path.with_name(hidden_name(path.name, kind))
+
+
+def hidden_name(name: str, kind: str = "tmp") -> str:
+    """`.<name>.<kind>-<pid>-<random>@<host>`: the name of this writer's temporary for `name`."""
+    return f".{name}.{kind}-{os.getpid()}-{uuid.uuid4().hex[:12]}@{_host()}"
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ def find(folder: Path) -> list[Temporary]:
     except (FileNotFoundError, NotADirectoryError):
         return []
     for path in entries:
-        state = _writer(path.name)
+        state = writer_state(path.name)
         if state == "live" or state is None:
             continue
         files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() and not path.is_symlink() else [path]
@@ -135,7 +141,13 @@ def remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _writer(name: str) -> str | None:
+def is_own(name: str) -> bool:
+    """Whether `name` is a temporary of this process (`hidden_name`'s)."""
+    tagged = _TAGGED.match(name)
+    return tagged is not None and int(tagged["pid"]) == os.getpid() and tagged["host"] == _host()
+
+
+def writer_state(name: str) -> str | None:
     """"dead", "live" or "unknown" for a writer's temporary; None for any other name."""
     tagged = _TAGGED.match(name)
     if tagged is None:

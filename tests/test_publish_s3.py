@@ -4,20 +4,24 @@ models.json by compare-and-swap under concurrency, faults mid-upload, `foundry v
 import hashlib
 import json
 import logging
+import math
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from foundry import catalog, manifest
+from foundry import catalog, gc, manifest, temporaries
 from foundry.errors import UserError
 from foundry.s3 import catalog as s3catalog
 from foundry.s3 import client as s3client
 from foundry.s3.publish import IMMUTABLE, S3Target
+from foundry.store import open_store
 from jobs.stages import publish
 from tests.s3_proxy import FaultyProxy
 from tests.test_publish import make_spec
@@ -178,6 +182,7 @@ def test_publish_cut_off_mid_upload_leaves_no_entry_and_a_rerun_completes_identi
     assert read_catalog(bucket, "site/models.json") == SEED_ENTRY, "no catalogue entry for a half-uploaded model"
     half = objects(bucket, "site/tiny-chat-q4/")
     assert half and not any(key.endswith("manifest.json") for key in half), "some files arrived, never the manifest"
+    assert [temporaries.is_own(key) for key in half if key.startswith(".")] == [True], "the writer's tag stays: its upload is not finished"
 
     summary = publish_to(quantized, tmp_path, f"s3://{bucket}/site")
     assert read_catalog(bucket, "site/models.json")["tiny-chat-q4"]["urls"]["base"] == summary["base_url"]
@@ -211,3 +216,65 @@ def test_verify_reads_a_published_model_in_place_and_names_bad_chunks(quantized:
     ]
     missing = verify(f"s3://{bucket}/nothing-here")
     assert missing.returncode == 2 and "neither a published model" in missing.stderr
+
+
+def _killed_mid_upload(endpoint: str, to: str, out: Path) -> int:
+    """Publish `out` to `to` in another process and SIGKILL it once part of the upload went through."""
+    code = (
+        "import sys; from pathlib import Path\n"
+        "from foundry.s3.publish import S3Target, open_target\n"
+        "out = Path(sys.argv[2]); target = open_target(sys.argv[1], None)\n"
+        "print('publishing', flush=True)\n"
+        "target.publish(out, 'tiny-chat-q4', S3Target.version(out), 'tiny-chat-q4', {'id': 'tiny-chat-q4'})\n"
+    )
+    faulty = FaultyProxy(endpoint)
+    try:
+        faulty.cut_after(700_000)
+        process = subprocess.Popen([sys.executable, "-c", code, to, str(out)], stdout=subprocess.PIPE, text=True,
+                                   env={**os.environ, "AWS_ENDPOINT_URL": faulty.url, "FOUNDRY_S3_ATTEMPTS": "50", "PYTHONPATH": str(REPO)})
+        assert process.stdout is not None and process.stdout.readline().strip() == "publishing"
+        deadline = time.monotonic() + 60
+        while not faulty.down and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert faulty.down, "the upload never reached the cut"
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        faulty.close()
+    return process.pid
+
+
+def test_a_publish_killed_mid_upload_is_removed_by_a_rerun_and_by_gc(quantized: Path, tmp_path: Path, bucket: str, s3_env: str) -> None:
+    """kill -9 while uploading leaves a version folder without its manifest and the writer's
+    tag: gc lists it as a dead writer's whatever --older-than, a re-run removes it before
+    uploading; a live writer's upload is never touched, another host's only by age."""
+    publish_to(quantized, tmp_path, str(tmp_path / "web"))         # the layout, with its manifest, in out-0
+    out = tmp_path / "out-0"
+    version = S3Target.version(out)
+    pid = _killed_mid_upload(s3_env, f"s3://{bucket}/site", out)
+    left = objects(bucket, "site/tiny-chat-q4/")
+    [tag] = [key for key in left if key.startswith(".")]
+    assert re.fullmatch(rf"\.{version}\.tmp-{pid}-[0-9a-f]{{12}}@.+", tag) and temporaries.writer_state(tag) == "dead"
+    assert any(key.startswith(f"{version}/") for key in left) and f"{version}/manifest.json" not in left
+    live = ("site/tiny-chat-q4/feedfacefeedface/config.json", f"site/tiny-chat-q4/{temporaries.hidden_name('feedfacefeedface')}")
+    elsewhere = ("site/tiny-chat-q4/0123456789abcdef/config.json", "site/tiny-chat-q4/.0123456789abcdef.tmp-1-0123456789ab@another-host")
+    for key in (*live, *elsewhere):
+        s3().put_object(Bucket=bucket, Key=key, Body=b"{}")
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "tiny-demo.yml").write_text((REPO / "recipes" / "tiny-demo.yml").read_text().replace("to: ./.foundry/published/models", f"to: s3://{bucket}/site"))
+    store = open_store(str(tmp_path / "store"))
+    found = gc.collect(store, recipes, older_than=86400)
+    assert [(item.kind, item.name, item.age_seconds) for item in found.doomed] == [("unfinished publish", f"s3://{bucket}/site/tiny-chat-q4/{version}/", math.inf)]
+    assert sorted(item.name for item in gc.collect(store, recipes, older_than=0).doomed) == [
+        f"s3://{bucket}/site/tiny-chat-q4/0123456789abcdef/", f"s3://{bucket}/site/tiny-chat-q4/{version}/"]
+
+    summary = publish_to(quantized, tmp_path, f"s3://{bucket}/site")       # the re-run
+    assert summary["published"] == f"s3://{bucket}/site/tiny-chat-q4/{version}/"
+    after = objects(bucket, "site/")
+    assert not [key for key in after if key.startswith(f"tiny-chat-q4/.{version}.")], "the dead writer's tag is gone, and the re-run's own"
+    assert f"tiny-chat-q4/{version}/manifest.json" in after and all(key.removeprefix("site/") in after for key in (*live, *elsewhere))
+    gc.delete(store, gc.collect(store, recipes, older_than=0).doomed)
+    after = objects(bucket, "site/")
+    assert all(key.removeprefix("site/") in after for key in live) and not any(key.removeprefix("site/") in after for key in elsewhere)

@@ -72,7 +72,8 @@ def test_verify_a_stage_key_in_the_s3_store(demo: dict, capsys: pytest.CaptureFi
     merge = keys(demo)["merge"]
     result = foundry("verify", f"tiny-demo/{merge}", "--store", demo["store"], cwd=demo["work"])
     assert result.returncode == 0, result.stderr
-    s3, bucket, key = s3client.client(), demo["bucket"], f"store/tiny-demo/{merge}/config.json"
+    store = open_store(demo["store"])
+    s3, bucket, key = s3client.client(), demo["bucket"], store.files_location("tiny-demo", merge, store.marker("tiny-demo", merge)).child("config.json").key
     original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     s3.put_object(Bucket=bucket, Key=key, Body=b"{}")
     try:

@@ -166,9 +166,18 @@ def test_a_commit_cut_off_mid_upload_leaves_nothing_committed_and_a_rerun_is_ide
     staging, record = _stage(store, {})     # the re-run: the same stage writes the same bytes
     store.commit("r", "quantize-1", staging, record)
     assert store.verify("r", "quantize-1") == []
-    rerun = {key.removeprefix("run/"): digest for key, digest in _objects(bucket, "run/").items()}
-    assert rerun == {key.removeprefix("reference/"): digest for key, digest in _objects(bucket, "reference/").items()}
-    assert sorted(rerun) == sorted(f"r/quantize-1/{name}" for name in digests)
+    assert [leftover.kind for leftover in store.leftovers()] in (["abandoned attempt"], []), "the cut-off attempt, if any, is gc's"
+    for leftover in store.leftovers():
+        store.remove_leftover(leftover)
+    rerun, committed = _committed_objects(store, bucket), _committed_objects(reference, bucket)
+    assert rerun == committed and sorted(rerun) == sorted(digests)
+    assert sorted(_objects(bucket, "run/")) == sorted(store.files_location("r", "quantize-1", store.marker("r", "quantize-1")).child(name).key for name in digests)
+
+
+def _committed_objects(store: S3Store, bucket: str) -> dict[str, str]:
+    """The sha256 of each file of the key's committed attempt, by its path in the key."""
+    folder = store.files_location("r", "quantize-1", store.marker("r", "quantize-1") or {})
+    return {key.removeprefix(folder.prefix): digest for key, digest in _objects(bucket, folder.prefix).items()}
 
 
 def test_a_stage_killed_mid_upload_leaves_no_marker(bucket: str, s3_env: str, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from foundry.errors import UserError
 from foundry.s3 import client as s3client
+from foundry.s3.files import list_objects
 from foundry.store import SUCCESS_MARKER, DamagedKey, Store, build_record, open_store, resolve_store_url
 from foundry.store.local import LocalStore
 from foundry.store.s3 import S3Store
@@ -45,7 +46,9 @@ def _plant(store: Store, recipe: str, key: str, path: str, data: bytes | None) -
             target.write_bytes(data)
         return
     assert isinstance(store, S3Store)
-    object_key = store.root.child(recipe, key, path).key
+    record = store.marker(recipe, key)
+    folder = store.files_location(recipe, key, record) if record and path != SUCCESS_MARKER else store.root.child(recipe, key)
+    object_key = folder.child(path).key
     if data is None:
         store.s3.delete_object(Bucket=store.root.bucket, Key=object_key)
     else:
@@ -144,10 +147,11 @@ def s3_store(bucket: str) -> S3Store:
     return store
 
 
-def test_s3_layout_is_prefix_recipe_key_file(s3_store: S3Store) -> None:
-    _commit(s3_store, "merge-1")
+def test_s3_layout_is_prefix_recipe_key_marker_and_attempt(s3_store: S3Store) -> None:
+    attempt = _commit(s3_store, "merge-1")["attempt"]
     listed = s3client.client().list_objects_v2(Bucket=s3_store.root.bucket)["Contents"]
-    assert sorted(item["Key"] for item in listed) == ["artifacts/r/merge-1/_SUCCESS.json", "artifacts/r/merge-1/config.json", "artifacts/r/merge-1/sub/model.bin"]
+    folder = f"artifacts/r/merge-1/.attempts/{attempt}"
+    assert sorted(item["Key"] for item in listed) == [f"{folder}/config.json", f"{folder}/sub/model.bin", "artifacts/r/merge-1/_SUCCESS.json"]
     assert s3_store.location("r", "merge-1") == f"s3://{s3_store.root.bucket}/artifacts/r/merge-1/"
 
 
@@ -304,3 +308,124 @@ def test_concurrent_commits_of_one_key_all_succeed(tmp_path: Path) -> None:
         list(pool.map(lambda pair: store.commit("r", "k", *pair), zip(stagings, records, strict=True)))
     assert store.verify("r", "k") == [] and list(store.leftovers()) == []
     assert sorted(p.name for p in (store.root / "r").iterdir()) == [".staging", "k"] and not any((store.root / "r" / ".staging").iterdir())
+
+
+def _all_objects(store: S3Store) -> list[str]:
+    return sorted(item.key for item in list_objects(store.s3, store.root.bucket, store.root.prefix))
+
+
+@pytest.mark.parametrize("committers", [12])
+def test_concurrent_commits_of_one_s3_key_leave_one_whole_marker(bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, committers: int) -> None:
+    """Runs committing one uncommitted key at once, each with bytes of its own: one marker wins,
+    every file it lists is there with its hashes, the losers leave nothing, fetch works."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache"))
+    for round_ in range(3):
+        key = f"merge-{round_}"
+        stores = [open_store(f"s3://{bucket}/artifacts") for _ in range(committers)]
+        stagings = [_stage_output(store, key, f"attempt {index} ".encode() * (index + 1)) for index, store in enumerate(stores)]
+        for index, staging in enumerate(stagings):
+            (staging / f"only-{index}.bin").write_bytes(b"x" * index)
+        records = [build_record(staging, key=key, stage="merge", recipe="r", started=0.0, extra={}) for staging in stagings]
+        with ThreadPoolExecutor(committers) as pool:
+            returned = list(pool.map(lambda triple, key=key: triple[0].commit("r", key, triple[1], triple[2]), zip(stores, stagings, records, strict=True)))
+        store = stores[0]
+        marker = store.marker("r", key)
+        assert marker is not None and store.verify("r", key) == [], f"round {round_}: the marker lists files that are gone or another attempt's"
+        assert all(record["files"] == marker["files"] for record in returned), "every committer reports the marker that won"
+        assert list(store.leftovers()) == [], "the losers removed their own files"
+        listed = {entry["path"] for entry in marker["files"]}
+        files_at = store.files_location("r", key, marker).prefix
+        assert [name for name in _all_objects(store) if name.startswith(store._key("r", key).prefix)] == sorted(
+            [store._key("r", key).child(SUCCESS_MARKER).key] + [files_at + path for path in listed])
+        monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / f"cache-{round_}"))        # another machine: downloads
+        fetched = store.fetch("r", key)
+        assert sorted(p.relative_to(fetched).as_posix() for p in fetched.rglob("*") if p.is_file()) == sorted(listed | {SUCCESS_MARKER})
+
+
+def test_a_recommit_replaces_the_attempt_and_gc_takes_abandoned_ones(s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forced re-run's commit swaps the marker and deletes the files it replaced; an attempt
+    no marker names (a crash after its upload) is a leftover until gc removes it."""
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache"))
+    first = _commit(s3_store, "k", b"one")
+    crashed = s3_store.root.child("r", "k", ".attempts", "0123456789abcdef", "model.bin")
+    s3_store.s3.put_object(Bucket=s3_store.root.bucket, Key=crashed.key, Body=b"half")
+    second = _commit(s3_store, "k", b"two")
+    assert second["attempt"] != first["attempt"] and s3_store.marker("r", "k") == second and s3_store.verify("r", "k") == []
+    assert not any(f"/{first['attempt']}/" in name for name in _all_objects(s3_store)), "the replaced attempt's files are deleted"
+    [leftover] = s3_store.leftovers()
+    assert (leftover.name, leftover.kind, leftover.size_bytes) == ("k/.attempts/0123456789abcdef", "abandoned attempt", 4)
+    assert [item.size_bytes for item in s3_store.list_committed()] == [len(b"two") + 2], "sized by the attempt its marker names"
+    s3_store.remove_leftover(leftover)
+    assert list(s3_store.leftovers()) == [] and crashed.key not in _all_objects(s3_store)
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache2"))
+    assert (s3_store.fetch("r", "k") / "sub" / "model.bin").read_bytes() == b"two"
+
+
+def test_a_marker_written_before_attempts_is_read_at_the_key_root(s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache"))
+    staging = _stage_output(s3_store, "k", b"old layout")
+    record = build_record(staging, key="k", stage="merge", recipe="r", started=0.0, extra={})
+    where = s3_store.root.child("r", "k")
+    for entry in record["files"]:
+        s3_store.s3.put_object(Bucket=where.bucket, Key=where.child(entry["path"]).key, Body=(staging / entry["path"]).read_bytes())
+    s3_store.s3.put_object(Bucket=where.bucket, Key=where.child(SUCCESS_MARKER).key, Body=json.dumps(record).encode())
+    assert s3_store.verify("r", "k") == [] and [item.size_bytes for item in s3_store.list_committed()] == [record["size_bytes"]]
+    assert (s3_store.fetch("r", "k") / "sub" / "model.bin").read_bytes() == b"old layout"
+    _commit(s3_store, "k", b"new layout")
+    assert _all_objects(s3_store) == sorted([where.child(SUCCESS_MARKER).key] + [s3_store.files_location("r", "k", s3_store.marker("r", "k")).child(p).key
+                                                                                 for p in ("config.json", "sub/model.bin")]), "the old root files are deleted"
+
+
+@pytest.mark.parametrize("attempt", ["../../elsewhere", 7], ids=["path", "number"])
+def test_a_marker_naming_no_attempt_id_is_broken(s3_store: S3Store, attempt: object) -> None:
+    _commit(s3_store, "k")
+    record = {**s3_store.marker("r", "k"), "attempt": attempt}
+    _plant(s3_store, "r", "k", SUCCESS_MARKER, json.dumps(record).encode())
+    assert not s3_store.is_committed("r", "k") and list(s3_store.list_committed()) == []
+    [(_, key, reason)] = s3_store.broken_keys()
+    assert key == "k" and reason == f"{SUCCESS_MARKER} names attempt {attempt!r}, not an attempt id"
+    [leftover] = s3_store.leftovers()
+    assert leftover.kind == "broken key"
+    s3_store.remove_leftover(leftover)
+    assert _all_objects(s3_store) == []
+
+
+def test_artifacts_ls_of_a_bucket_leaves_a_broken_key_out_of_its_table(s3_store: S3Store, s3_env: str) -> None:
+    from typer.testing import CliRunner
+
+    from foundry.cli import app
+
+    _commit(s3_store, "merge-good")
+    _commit(s3_store, "merge-bad")
+    _plant(s3_store, "r", "merge-bad", SUCCESS_MARKER, b'{"key": "merge-bad", "files": [')
+    for args in (["artifacts", "ls"], ["artifacts", "ls", "r"]):
+        result = CliRunner().invoke(app, [*args, "--store", s3_store.url])
+        assert result.exit_code == 0, result.output
+        assert "merge-good" in result.stdout and "merge-bad" not in result.stdout and "1 key(s)" in result.stdout
+        assert result.stderr.startswith("broken key r/merge-bad: _SUCCESS.json is truncated or not JSON")
+
+
+def test_a_key_recommitted_while_it_is_fetched_is_fetched_from_its_new_marker(s3_store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A forced re-run replaces the key (deleting the old attempt) while another machine
+    downloads it: that download finds its files gone, and fetches the new commit instead of
+    calling the key damaged."""
+    from foundry.store import s3 as s3_module
+
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FOUNDRY_SCRATCH", str(tmp_path / "elsewhere"))
+    _commit(s3_store, "k", b"one")
+    real_download, calls = s3_module.download_files, []
+
+    def download_after_a_recommit(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            with monkeypatch.context() as committer:        # the re-run's own machine
+                committer.setenv("FOUNDRY_CACHE", str(tmp_path / "committer"))
+                _commit(open_store(s3_store.url), "k", b"two")
+        return real_download(*args, **kwargs)
+
+    monkeypatch.setattr(s3_module, "download_files", download_after_a_recommit)
+    monkeypatch.setenv("FOUNDRY_CACHE", str(tmp_path / "another-machine"))
+    assert (s3_store.fetch("r", "k") / "sub" / "model.bin").read_bytes() == b"two" and len(calls) == 2

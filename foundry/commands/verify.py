@@ -8,6 +8,7 @@ rebuilds it instead of stopping on it.
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -83,16 +84,20 @@ def _s3_checks(url: str) -> Iterator[Check]:
     holding published versions (each `<version>/manifest.json`)."""
     from foundry.s3.client import S3Location, check_bucket, client, parse, user_errors
     from foundry.s3.files import S3Files, list_objects, read_bytes
+    from foundry.store.s3 import marked_files
 
     location = parse(url, "verify")
     s3 = client()
     check_bucket(s3, location, f"verify {url}")
     with user_errors(s3, location.bucket, f"verify {url}"):
-        for listing in (manifest.MANIFEST_NAME, SUCCESS_MARKER):
-            raw = read_bytes(s3, location.child(listing))
-            if raw is not None:
-                yield location.url, _verify_recorded(raw, listing, S3Files(s3, location)), None
-                return
+        raw = read_bytes(s3, location.child(manifest.MANIFEST_NAME))
+        if raw is not None:
+            yield location.url, _verify_recorded(raw, manifest.MANIFEST_NAME, S3Files(s3, location)), None
+            return
+        raw = read_bytes(s3, location.child(SUCCESS_MARKER))
+        if raw is not None:     # a stage key: its files are where the marker says (its attempt)
+            yield location.url, _verify_recorded(raw, SUCCESS_MARKER, marked_files(s3, location, _readable(raw))), None
+            return
         depth = location.prefix.count("/") + 1
         versions = sorted(item.key.rpartition("/")[0] for item in list_objects(s3, location.bucket, location.prefix)
                           if item.key.endswith("/" + manifest.MANIFEST_NAME) and item.key.count("/") == depth)
@@ -102,6 +107,13 @@ def _s3_checks(url: str) -> Iterator[Check]:
             folder = S3Location(location.bucket, key)
             raw = read_bytes(s3, folder.child(manifest.MANIFEST_NAME)) or b""
             yield folder.url, _verify_recorded(raw, manifest.MANIFEST_NAME, S3Files(s3, folder)), None
+
+
+def _readable(raw: bytes) -> dict[str, Any] | None:
+    try:
+        return parse_marker(raw)
+    except BrokenMarker:
+        return None
 
 
 def _verify_recorded(raw: bytes, listing: str, files: manifest.FileSource) -> list[str]:

@@ -18,12 +18,11 @@ from botocore.exceptions import ClientError
 
 from foundry import catalog
 from foundry.errors import UserError
-from foundry.s3.client import S3Location, error_code, is_missing, user_errors
+from foundry.s3.client import S3Location, is_missing, lost_race, user_errors
 
 LOG = logging.getLogger("foundry.catalog")
 CACHE_CONTROL = "no-cache"          # clients revalidate (cheap, with the ETag) on every load
 CONTENT_TYPE = "application/json"
-_LOST_RACE = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 DEADLINE_SECONDS = 300.0
 
 
@@ -59,8 +58,7 @@ def update(s3: BaseClient, location: S3Location, key: str, entry: dict[str, Any]
                               ContentType=CONTENT_TYPE, CacheControl=CACHE_CONTROL, **condition)
             return merged
         except ClientError as error:
-            # If-Match on an object deleted meanwhile answers 404: that is a lost race too.
-            if error_code(error) not in _LOST_RACE and not (etag and is_missing(error)):
+            if not lost_race(error, replacing=etag is not None):
                 raise
             if time.monotonic() > give_up:
                 raise RuntimeError(f"catalog {location.url}: still losing the race to concurrent writers after {attempt} attempts; try again") from error

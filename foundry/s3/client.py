@@ -124,6 +124,9 @@ def endpoint_of(s3: BaseClient) -> str:
 
 # --- errors --------------------------------------------------------------------------------
 
+_LOST_RACE = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
 def error_code(error: BaseException) -> str:
     if isinstance(error, ClientError):
         return str(error.response.get("Error", {}).get("Code") or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
@@ -133,6 +136,13 @@ def error_code(error: BaseException) -> str:
 def is_missing(error: BaseException) -> bool:
     """A key (not a bucket) that is not there."""
     return error_code(error) in ("NoSuchKey", "404", "NotFound")
+
+
+def lost_race(error: BaseException, *, replacing: bool) -> bool:
+    """Whether a conditional PUT (If-None-Match: *, or If-Match: <etag> when `replacing`) failed
+    because another writer got there first: 412 Precondition Failed, 409 while another
+    conditional write is in flight, or (If-Match) 404 on an object deleted meanwhile."""
+    return error_code(error) in _LOST_RACE or (replacing and is_missing(error))
 
 
 def explain(error: BaseException, s3: BaseClient, bucket: str, what: str, *, unreachable: bool = False) -> UserError | None:

@@ -60,12 +60,15 @@ def read_json(s3: BaseClient, location: S3Location) -> Any | None:
 
 
 class S3Files:
-    def __init__(self, s3: BaseClient, location: S3Location, config: TransferConfig | None = None) -> None:
-        self.s3, self.location, self.config = s3, location, config
+    """`skip`: a sub-folder (`name/`) that is not part of the folder's files (a store key's attempts)."""
+
+    def __init__(self, s3: BaseClient, location: S3Location, config: TransferConfig | None = None, skip: str | None = None) -> None:
+        self.s3, self.location, self.config, self.skip = s3, location, config, skip
 
     def sizes(self) -> dict[str, int]:
         prefix = self.location.prefix
-        return {item.key.removeprefix(prefix): item.size for item in list_objects(self.s3, self.location.bucket, prefix) if not item.key.endswith("/")}
+        found = {item.key.removeprefix(prefix): item.size for item in list_objects(self.s3, self.location.bucket, prefix) if not item.key.endswith("/")}
+        return {path: size for path, size in found.items() if not (self.skip and path.startswith(self.skip))}
 
     def digests(self, paths: list[str]) -> dict[str, str | None]:
         keys = {self.location.child(path).key: path for path in paths}

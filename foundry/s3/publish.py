@@ -7,17 +7,30 @@ file but the manifest (in parallel, each checked against its sha256), then the m
 then the `models.json` rewrite (foundry/s3/catalog.py), which is the moment the new version
 becomes visible. A re-run of the same version finds its manifest and uploads nothing again.
 The catalogue page (foundry/web/) goes beside `models.json` last, with a short cache.
+
+A publish killed mid-upload leaves a version folder without its manifest. So that it can be
+told from one being uploaded, each writer first puts an empty tag beside the folder,
+`<to>/<id>/.<version>.tmp-<pid>-<random>@<host>` (foundry/temporaries.py's name), and deletes
+it when done. A folder without its manifest whose tags are all a dead writer's (this host,
+no such process) is removed by the next publish of that model and by `foundry gc`, whatever
+its age; one with a live writer's tag never; one with no tag (an older Foundry) or another
+host's only by age (a day for a publish; gc's --older-than). A publish that fails without
+being killed keeps its tag, so its upload becomes a dead writer's once the process exits (or
+is completed by a later try in the same process, which then removes the tags of both): it
+cannot delete the files itself, since a concurrent publisher of the same bytes may be
+uploading the very same objects.
 """
 
 import logging
 import mimetypes
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from botocore.client import BaseClient
 
-from foundry import catalog, manifest
+from foundry import catalog, manifest, temporaries
 from foundry.errors import UserError
 from foundry.hashing import short_hash
 from foundry.s3 import catalog as s3catalog
@@ -53,14 +66,20 @@ class S3Target:
         folder = self.to.child(model_id, version)
         files = manifest.read(out)["files"]
         with user_errors(self.s3, folder.bucket, f"publish.to {self.to.url}"):
+            for removed in clear_unfinished(self.s3, self.to.child(model_id)):
+                LOG.info("publish: removed %s, left by a publish that was killed", removed)
             existing = read_json(self.s3, folder.child(manifest.MANIFEST_NAME))
             if isinstance(existing, dict) and existing.get("files") == files:
                 LOG.info("publish: %s already holds these files; not uploading them again", folder.url)
             else:
+                tag = self.to.child(model_id, temporaries.hidden_name(version))
+                self.s3.put_object(Bucket=tag.bucket, Key=tag.key, Body=b"")
                 uploads = [Upload(out / entry["path"], folder.child(entry["path"]).key, entry["sha256"], content_type(entry["path"]), IMMUTABLE) for entry in files]
                 upload_files(self.s3, folder.bucket, uploads, config)
                 self.s3.put_object(Bucket=folder.bucket, Key=folder.child(manifest.MANIFEST_NAME).key, Body=(out / manifest.MANIFEST_NAME).read_bytes(),
                                    ContentType="application/json", CacheControl=MANIFEST_CACHE)
+                own = [item.key for item in list_objects(self.s3, tag.bucket, self.to.child(model_id, f".{version}.tmp-").key) if temporaries.is_own(item.key.rpartition("/")[2])]
+                delete_objects(self.s3, tag.bucket, own)        # this one, and any of an earlier failed try of this process
         s3catalog.update(self.s3, self.catalog, key, entry)
         return folder.url + "/"
 
@@ -78,32 +97,78 @@ class S3Target:
         return written
 
 
-def unfinished_versions(to: str) -> list[tuple[str, int, float]]:
-    """(URL, bytes, newest upload's time) of each `<to>/<id>/<version>/` folder without its
-    manifest: a publish killed while uploading (`foundry gc` lists them; a re-run of the same
-    version completes one instead)."""
+@dataclass(frozen=True)
+class Unfinished:
+    """What a publish that never finished left in a bucket: a version folder without its
+    manifest (`url` ends with /, its writers' tags go with it), or a writer's tag alone."""
+
+    url: str
+    size_bytes: int
+    modified: float         # the newest object's time
+    dead: bool              # every writer it names is gone; else only its age tells
+
+
+def unfinished_versions(to: str) -> list[Unfinished]:
+    """What killed publishes left under `to` (`<to>/<id>/...`), a live writer's excluded."""
     where = parse(to, "publish.to")
     s3 = client()
-    folders: dict[str, list[S3Object]] = {}
     with user_errors(s3, where.bucket, f"publish.to {to}"):
-        for item in list_objects(s3, where.bucket, where.prefix):
-            parts = item.key.removeprefix(where.prefix).split("/", 2)
-            if len(parts) == 3:
-                folders.setdefault(f"{parts[0]}/{parts[1]}", []).append(item)
-    return [
-        (where.child(folder).url + "/", sum(item.size for item in items), max(item.modified.timestamp() for item in items))
-        for folder, items in sorted(folders.items())
-        if where.child(folder, manifest.MANIFEST_NAME).key not in {item.key for item in items}
-    ]
+        return _unfinished(s3, where, depth=2)
+
+
+def _unfinished(s3: BaseClient, where: S3Location, *, depth: int) -> list[Unfinished]:
+    """`depth` 2: `where` holds model folders (`<id>/<version>/...`); 1: it is one model's folder."""
+    folders: dict[str, list[S3Object]] = {}
+    tags: dict[str, list[S3Object]] = {}        # by the version folder each names
+    for item in list_objects(s3, where.bucket, where.prefix):
+        parts = item.key.removeprefix(where.prefix).split("/", depth)
+        if len(parts) == depth + 1:
+            folders.setdefault("/".join(parts[:depth]), []).append(item)
+        elif len(parts) == depth and temporaries.writer_state(parts[-1]) is not None:
+            tags.setdefault("/".join([*parts[:-1], parts[-1][1:].partition(".tmp-")[0]]), []).append(item)
+    found = []
+    for folder in sorted(set(folders) | set(tags)):
+        items, writers = folders.get(folder, []), tags.get(folder, [])
+        states = {temporaries.writer_state(tag.key.rpartition("/")[2]) for tag in writers}
+        if "live" in states:
+            continue
+        dead = bool(states) and states == {"dead"}
+        if items and where.child(folder, manifest.MANIFEST_NAME).key not in {item.key for item in items}:
+            everything = items + writers
+            found.append(Unfinished(where.child(folder).url + "/", sum(item.size for item in everything), max(item.modified.timestamp() for item in everything), dead))
+        else:
+            found += [Unfinished(S3Location(where.bucket, tag.key).url, tag.size, tag.modified.timestamp(), temporaries.writer_state(tag.key.rpartition("/")[2]) == "dead")
+                      for tag in writers]
+    return found
+
+
+def clear_unfinished(s3: BaseClient, model_folder: S3Location, now: float | None = None) -> list[str]:
+    """Remove what killed publishes left in one model's folder: a dead writer's, or anything
+    older than a day (temporaries' rule); returns the URLs removed."""
+    now = time.time() if now is None else now
+    stale = [item.url for item in _unfinished(s3, model_folder, depth=1) if item.dead or now - item.modified >= temporaries.UNCHECKABLE_AFTER_SECONDS]
+    for url in stale:
+        _remove(s3, url)
+    return stale
 
 
 def remove_unfinished(url: str) -> None:
-    """Delete a version folder `unfinished_versions` listed, unless its manifest arrived since."""
-    folder = parse(url, "publish.to")
-    s3 = client()
-    with user_errors(s3, folder.bucket, f"publish.to {url}"):
-        if read_bytes(s3, folder.child(manifest.MANIFEST_NAME)) is None:
-            delete_objects(s3, folder.bucket, [item.key for item in list_objects(s3, folder.bucket, folder.prefix)])
+    """Delete what `unfinished_versions` listed, unless a manifest or a live writer arrived since."""
+    _remove(client(), url)
+
+
+def _remove(s3: BaseClient, url: str) -> None:
+    where = parse(url, "publish.to")
+    with user_errors(s3, where.bucket, f"publish.to {url}"):
+        if not url.endswith("/"):       # a writer's tag
+            if temporaries.writer_state(where.key.rpartition("/")[2]) != "live":
+                s3.delete_object(Bucket=where.bucket, Key=where.key)
+            return
+        parent, _, version = where.key.rpartition("/")
+        tags = [item.key for item in list_objects(s3, where.bucket, f"{parent}/.{version}.tmp-")]
+        if read_bytes(s3, where.child(manifest.MANIFEST_NAME)) is not None or any(temporaries.writer_state(tag.rpartition("/")[2]) == "live" for tag in tags):
+            return
+        delete_objects(s3, where.bucket, [item.key for item in list_objects(s3, where.bucket, where.prefix)] + tags)
 
 
 def wants_s3(to: Any, catalog_location: Any) -> bool:

@@ -28,6 +28,7 @@ from foundry.hashing import sha256_file
 
 SUCCESS_MARKER = "_SUCCESS.json"
 BROKEN_NOTE = " (a broken key: counted as not committed)"
+BROKEN_KEY = "broken key"
 
 # Library versions recorded in every marker, when installed, so a result can be traced.
 _TRACKED_DISTRIBUTIONS = (
@@ -50,7 +51,7 @@ class Leftover:
 
     recipe: str
     name: str           # the key, or the staging folder or upload it belongs to
-    kind: str           # "uncommitted key", "staging folder" or "unfinished upload"
+    kind: str           # "uncommitted key", "broken key", "staging folder", "unfinished upload", "abandoned attempt"
     size_bytes: int
     modified: float     # seconds since the epoch, of the newest part
     handle: str         # what `remove_leftover` needs to find it again
@@ -156,10 +157,10 @@ class Store(ABC):
             return [f"{broken}{BROKEN_NOTE}"]
         if record is None:
             return [f"{SUCCESS_MARKER}: missing (the key is not committed)"]
-        return self._check_files(recipe, key, record["files"])
+        return self._check_files(recipe, key, record)
 
     @abstractmethod
-    def _check_files(self, recipe: str, key: str, entries: list[Any]) -> list[str]:
+    def _check_files(self, recipe: str, key: str, record: dict[str, Any]) -> list[str]:
         """`verify`'s work, where the files are stored (manifest.verify_source's rules)."""
 
     @abstractmethod

@@ -20,10 +20,9 @@ from typing import Any
 
 from foundry import temporaries
 from foundry.manifest import verify_files
-from foundry.store.base import SUCCESS_MARKER, CommittedKey, DamagedKey, Leftover, Store, document_parts, is_recipe_folder
+from foundry.store.base import BROKEN_KEY, SUCCESS_MARKER, CommittedKey, DamagedKey, Leftover, Store, document_parts, is_recipe_folder
 
 _STAGING = ".staging"
-BROKEN_KEY = "broken key"
 
 
 class LocalStore(Store):
@@ -51,7 +50,7 @@ class LocalStore(Store):
         record = self.marker(recipe, key)
         if record is None:
             raise FileNotFoundError(f"{self.location(recipe, key)} is not committed")
-        problems = self._check_files(recipe, key, record["files"])
+        problems = self._check_files(recipe, key, record)
         if problems:
             raise DamagedKey(recipe, key, self.location(recipe, key), problems)
         return self._key_dir(recipe, key)
@@ -105,8 +104,8 @@ class LocalStore(Store):
         folder = self.root.joinpath(*document_parts(prefix))
         return sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
-    def _check_files(self, recipe: str, key: str, entries: list[Any]) -> list[str]:
-        return verify_files(self._key_dir(recipe, key), entries, listing=SUCCESS_MARKER)
+    def _check_files(self, recipe: str, key: str, record: dict[str, Any]) -> list[str]:
+        return verify_files(self._key_dir(recipe, key), record["files"], listing=SUCCESS_MARKER)
 
     def broken_keys(self, recipe: str | None = None) -> Iterator[tuple[str, str, str]]:
         for recipe_dir in self._recipe_dirs(recipe):
