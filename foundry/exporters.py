@@ -74,3 +74,37 @@ def supported_summary() -> str:
     """One line naming every family Foundry exports, for refusals."""
     builder = sorted({family.model_type for family in BUILDER_ARCHITECTURES.values()})
     return f"{BUILDER}: {', '.join(builder)}; {OPTIMUM}: {', '.join(sorted(OPTIMUM_MODEL_TYPES))}"
+
+
+# Gemma 3's rope, as its adapter (jobs/onnx/builder_run.py) builds it: the global layers'
+# scaling may be linear, the local layers' none (every Gemma 3 checkpoint published so far).
+GEMMA3_GLOBAL_ROPE_TYPES = ("default", "linear")
+
+
+def export_problem(config: dict) -> str | None:
+    """What the exporter would refuse in a config of a family it takes, or None."""
+    if config.get("model_type") != "gemma3_text":
+        return None
+    global_type, local_type = gemma3_rope_types(config)
+    if global_type in GEMMA3_GLOBAL_ROPE_TYPES and local_type == "default":
+        return None
+    return (
+        f"its rope is {global_type} on the global layers and {local_type} on the local ones; "
+        f"the Gemma 3 export builds {' or '.join(GEMMA3_GLOBAL_ROPE_TYPES)} global and default local rope"
+    )
+
+
+def gemma3_rope_types(config: dict) -> tuple[str, str]:
+    """(global, local) rope types, from transformers 5's per-layer-type `rope_parameters` or
+    an older config's `rope_scaling` (which scales the global layers only)."""
+    per_type = config.get("rope_parameters")
+    if isinstance(per_type, dict) and "full_attention" in per_type:
+        return _rope_type(per_type.get("full_attention")), _rope_type(per_type.get("sliding_attention"))
+    return _rope_type(config.get("rope_scaling") or per_type), "default"
+
+
+def _rope_type(parameters: object) -> str:
+    if not isinstance(parameters, dict):
+        return "default"
+    return str(parameters.get("rope_type") or parameters.get("type") or "default")
+

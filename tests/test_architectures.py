@@ -67,6 +67,20 @@ def test_the_table_covers_the_builder() -> None:
     assert set(FAMILIES) == set(exporters.BUILDER_ARCHITECTURES)
 
 
+@pytest.mark.parametrize(("config", "problem"), [
+    # transformers 5's per-layer-type parameters, as the Gemma 3 test model writes them
+    ({"rope_parameters": FAMILIES["Gemma3ForCausalLM"]["rope_parameters"]}, None),
+    # the hub's Gemma 3 configs, written by transformers 4: 1B unscaled, 4B linear x8
+    ({"rope_scaling": None, "rope_theta": 1e6, "rope_local_base_freq": 1e4}, None),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 8.0}}, None),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, "yarn on the global layers and default on the local ones"),
+    ({"rope_parameters": {"full_attention": {"rope_type": "default"}, "sliding_attention": {"rope_type": "linear"}}}, "default on the global layers and linear on the local ones"),
+])
+def test_gemma3_rope_the_export_builds(config: dict[str, Any], problem: str | None) -> None:
+    found = exporters.export_problem({"model_type": "gemma3_text", **config})
+    assert found is None if problem is None else problem in found
+
+
 def _random_model(folder: Path, architecture: str) -> Path:
     tokenizer_source = build("llama-a")
     fields = {**SMALL, **FAMILIES[architecture]}

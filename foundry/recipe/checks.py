@@ -174,10 +174,13 @@ def _exportable(recipe: Recipe, references: list[tuple[Loc, str | None]]) -> Ite
         return
     for loc, text in references:
         config = modelref.parse(text or "").config()
-        if config is None or exporters.family_of(config) is not None:
+        if config is None:
             continue
-        architecture = (config.get("architectures") or ["?"])[0]
-        yield Problem(loc, f"{config.get('model_type')} ({architecture}) of {text} cannot be exported to ONNX for the web, so quantize would refuse it; supported: {exporters.supported_summary()}")
+        if exporters.family_of(config) is None:
+            architecture = (config.get("architectures") or ["?"])[0]
+            yield Problem(loc, f"{config.get('model_type')} ({architecture}) of {text} cannot be exported to ONNX for the web, so quantize would refuse it; supported: {exporters.supported_summary()}")
+        elif problem := exporters.export_problem(config):
+            yield Problem(loc, f"{text} cannot be exported to ONNX: {problem}, so quantize would refuse it")
 
 
 def _stage_sense(recipe: Recipe) -> Iterator[Problem]:

@@ -28,14 +28,12 @@ from typing import Any
 
 import onnxruntime_genai.models  # noqa: F401  (puts the builder's folder on sys.path, for `builders`)
 
+from foundry import exporters
+
 # The builder's own package of classes, imported by the name builder.py imports it by.
 builders = importlib.import_module("builders")
 
 BUILDER_MODULE = "onnxruntime_genai.models.builder"
-
-# The global layers' rope types whose scaling the local cache is kept free of (linear's
-# `rescale_factors`, reset below); yarn's magnitude scaling would leak into it.
-GLOBAL_ROPE_TYPES = {"default", "linear"}
 
 
 class Gemma3TextModel(builders.Gemma3Model):
@@ -46,11 +44,12 @@ class Gemma3TextModel(builders.Gemma3Model):
         per_type = config.rope_parameters
         if isinstance(per_type, dict) and "full_attention" in per_type:
             full, sliding = per_type["full_attention"], per_type["sliding_attention"]
-            if full["rope_type"] not in GLOBAL_ROPE_TYPES or sliding["rope_type"] != "default":
-                raise NotImplementedError(
-                    f"Gemma 3 rope types {full['rope_type']} (global) / {sliding['rope_type']} (local): "
-                    f"the export takes {' or '.join(sorted(GLOBAL_ROPE_TYPES))} global and default local"
-                )
+            # Lint and the stage refuse other rope types (foundry.exporters.export_problem):
+            # the local cache is kept free of linear's `rescale_factors` below, and yarn's
+            # magnitude scaling would leak into it.
+            problem = exporters.export_problem({"model_type": "gemma3_text", "rope_parameters": per_type})
+            if problem:
+                raise NotImplementedError(problem)
             config.rope_parameters = dict(full)
             config.rope_theta = full["rope_theta"]
             config.rope_local_base_freq = sliding["rope_theta"]

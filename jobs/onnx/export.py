@@ -62,6 +62,9 @@ def family(model_dir: Path) -> exporters.Family:
             f"model folder {model_dir}: {config['model_type']} ({architecture}) cannot be exported to ONNX for the web; "
             f"supported: {exporters.supported_summary()}"
         )
+    problem = exporters.export_problem(config)
+    if problem:
+        raise UserError(f"model folder {model_dir}: cannot be exported to ONNX: {problem}")
     return found
 
 
