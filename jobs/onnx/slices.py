@@ -47,27 +47,72 @@ def initializer_bytes(tensor: TensorProto) -> int:
     return len(tensor.raw_data) or tensor.ByteSize()
 
 
-def plan_slices(graph: onnx.GraphProto, weight_budget: int | None) -> list[tuple[int, int]]:
-    """Consecutive node ranges [start, end), each reading at most `weight_budget` bytes of
-    initializers (or one node's, where a single node reads more). One range when there is
-    no budget, or when a node holds a subgraph (If, Loop) that may read names across a cut."""
+def held_bytes(tensor: TensorProto) -> int:
+    """What a CPU session holds for an initializer: its mapped bytes, and for float16 the
+    float32 copy ONNX Runtime makes at load for the kernels it runs in float32 (measured:
+    a slice of 0.46 GB of float16 weights took 1.1 GiB)."""
+    size = initializer_bytes(tensor)
+    return 3 * size if tensor.data_type == TensorProto.FLOAT16 else size
+
+
+def plan_slices(graph: onnx.GraphProto, weight_budget: int | None) -> list[list[int]]:
+    """The graph's nodes (indices, in graph order) cut into slices each holding at most
+    `weight_budget` bytes of initializers (`held_bytes`), or one node's where a single node
+    reads more.
+
+    The nodes that compute from constants alone (a Transpose of a tied embedding table, a
+    Constant) go with every slice that reads what they make: what crosses a cut is then
+    only activations, never a weight-sized tensor computed once per batch. One slice when
+    there is no budget, or when a node holds a subgraph (If, Loop) that may read names
+    across a cut.
+    """
+    everything = [list(range(len(graph.node)))]
     if weight_budget is None or any(attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for node in graph.node for attribute in node.attribute):
-        return [(0, len(graph.node))]
-    sizes = {tensor.name: initializer_bytes(tensor) for tensor in graph.initializer}
-    slices: list[tuple[int, int]] = []
-    start, held, read = 0, 0, set()
-    for index, node in enumerate(graph.node):
-        new = {name for name in node.input if name in sizes and name not in read}
-        added = sum(sizes[name] for name in new)
+        return everything
+    sizes = {tensor.name: held_bytes(tensor) for tensor in graph.initializer}
+    constant = _constant_nodes(graph, set(sizes))
+    producer = {name: index for index in constant for name in graph.node[index].output}
+    slices: list[set[int]] = []
+    current: set[int] = set()
+    held, read = 0, set()
+    for index in range(len(graph.node)):
+        if index in constant:
+            continue
+        needed = _with_constant_inputs(graph, index, producer)
+        weights = {name for position in needed for name in graph.node[position].input if name in sizes}
+        added = sum(sizes[name] for name in weights - read)
         if held and held + added > weight_budget:
-            slices.append((start, index))
-            start, held, read = index, 0, set()
-            new = {name for name in node.input if name in sizes}
-            added = sum(sizes[name] for name in new)
+            slices.append(current)
+            current, held, read = set(), 0, set()
+            added = sum(sizes[name] for name in weights)
+        current |= needed
         held += added
-        read |= new
-    slices.append((start, len(graph.node)))
-    return slices
+        read |= weights
+    slices.append(current)
+    return [sorted(nodes) for nodes in slices if nodes] or everything
+
+
+def _constant_nodes(graph: onnx.GraphProto, initializers: set[str]) -> set[int]:
+    """The nodes whose every input is an initializer or another such node's output."""
+    constant: set[int] = set()
+    computed = set(initializers)
+    for index, node in enumerate(graph.node):
+        if all(not name or name in computed for name in node.input):
+            constant.add(index)
+            computed.update(node.output)
+    return constant
+
+
+def _with_constant_inputs(graph: onnx.GraphProto, index: int, producer: dict[str, int]) -> set[int]:
+    """Node `index` and the constant nodes its inputs come from, transitively."""
+    needed, pending = {index}, [index]
+    while pending:
+        for name in graph.node[pending.pop()].input:
+            source = producer.get(name)
+            if source is not None and source not in needed:
+                needed.add(source)
+                pending.append(source)
+    return needed
 
 
 class SlicedDecoder:
@@ -112,20 +157,24 @@ class SlicedDecoder:
         slice's input types are known once the slices before it have run."""
         graph = self.model.graph
         initializers = {tensor.name: tensor for tensor in graph.initializer}
-        for start, end in self.slices:
-            nodes = graph.node[start:end]
+        pieces = [[graph.node[index] for index in indices] for indices in self.slices]
+        # What each slice takes from outside itself (a constant it recomputes is not taken).
+        taken = []
+        for nodes in pieces:
             produced = {name for node in nodes for name in node.output if name}
             read = list(dict.fromkeys(name for node in nodes for name in node.input if name))
-            later = {name for node in graph.node[end:] for name in node.input if name} | {output}
-            inputs = [name for name in read if name not in produced and name not in initializers]
+            taken.append([name for name in read if name not in produced and name not in initializers])
+        for number, nodes in enumerate(pieces):
+            read = list(dict.fromkeys(name for node in nodes for name in node.input if name))
+            later = {name for inputs in taken[number + 1:] for name in inputs} | {output}
             outputs = [name for node in nodes for name in node.output if name in later]
             piece = onnx.helper.make_model(
                 onnx.helper.make_graph(
-                    nodes, f"{graph.name}_{start}_{end}",
-                    [onnx.helper.make_tensor_value_info(name, types[name], None) for name in inputs],
+                    nodes, f"{graph.name}_slice_{number}",
+                    [onnx.helper.make_tensor_value_info(name, types[name], None) for name in taken[number]],
                     [onnx.ValueInfoProto(name=name) for name in outputs],
                     [initializers[name] for name in read if name in initializers],
                 ),
                 opset_imports=self.model.opset_import, ir_version=self.model.ir_version,
             )
-            yield piece, inputs, outputs, later
+            yield piece, taken[number], outputs, later
