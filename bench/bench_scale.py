@@ -13,7 +13,8 @@ peak. Goals (issue "Real model sizes"):
 - 7B (Qwen2.5-7B's 7.62B parameters) projected, linearly in the fp16 bytes from the two
   sizes measured, at no more than 32 GiB for quantize.
 
-`python -m bench bench_scale` (1.5B needs about 30 GB of disk and 10 minutes on 2 cores);
+`python -m bench bench_scale` (1.5B needs about 45 GB of free disk: the store and the web folder
+each hold the six variants; both sizes take about 15 minutes on 2 cores);
 `FOUNDRY_BENCH_SCALE=0.5b` runs the small size alone.
 """
 
