@@ -3,10 +3,11 @@ slice's weights, not the model's.
 
 ONNX Runtime memory-maps a graph's external data, and a forward touches every page of it:
 a session over the whole fp32 graph of a 1.5B model holds 7.2 GB, more than twice the
-model's fp16 bytes. Cut into consecutive runs of nodes whose weights stay under a budget,
-each slice gets a session of its own that is closed before the next one opens; the tensors
-crossing a cut (hidden states, residuals, the attention's sequence lengths, the inputs
-later layers read) are all that is kept in between. The nodes, weights and kernels are the
+model's fp16 bytes. Cut into runs of consecutive nodes whose weights stay under a budget
+(with the nodes that compute from constants alone going along with each run that reads
+them), each slice gets a session of its own that is closed before the next one opens; the
+activations crossing a cut (hidden states, residuals, the attention's sequence lengths,
+the inputs later layers read) are all that is kept in between. The nodes, weights and kernels are the
 graph's own, so the logits are the ones a whole-graph session gives.
 """
 
