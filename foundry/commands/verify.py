@@ -8,7 +8,6 @@ rebuilds it instead of stopping on it.
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -84,6 +83,7 @@ def _s3_checks(url: str) -> Iterator[Check]:
     holding published versions (each `<version>/manifest.json`)."""
     from foundry.s3.client import S3Location, check_bucket, client, parse, user_errors
     from foundry.s3.files import S3Files, list_objects, read_bytes
+    from foundry.store.base import readable_marker
     from foundry.store.s3 import marked_files
 
     location = parse(url, "verify")
@@ -96,7 +96,7 @@ def _s3_checks(url: str) -> Iterator[Check]:
             return
         raw = read_bytes(s3, location.child(SUCCESS_MARKER))
         if raw is not None:     # a stage key: its files are where the marker says (its attempt)
-            yield location.url, _verify_recorded(raw, SUCCESS_MARKER, marked_files(s3, location, _readable(raw))), None
+            yield location.url, _verify_recorded(raw, SUCCESS_MARKER, marked_files(s3, location, readable_marker(raw))), None
             return
         depth = location.prefix.count("/") + 1
         versions = sorted(item.key.rpartition("/")[0] for item in list_objects(s3, location.bucket, location.prefix)
@@ -107,13 +107,6 @@ def _s3_checks(url: str) -> Iterator[Check]:
             folder = S3Location(location.bucket, key)
             raw = read_bytes(s3, folder.child(manifest.MANIFEST_NAME)) or b""
             yield folder.url, _verify_recorded(raw, manifest.MANIFEST_NAME, S3Files(s3, folder)), None
-
-
-def _readable(raw: bytes) -> dict[str, Any] | None:
-    try:
-        return parse_marker(raw)
-    except BrokenMarker:
-        return None
 
 
 def _verify_recorded(raw: bytes, listing: str, files: manifest.FileSource) -> list[str]:

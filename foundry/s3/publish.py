@@ -78,7 +78,7 @@ class S3Target:
                 upload_files(self.s3, folder.bucket, uploads, config)
                 self.s3.put_object(Bucket=folder.bucket, Key=folder.child(manifest.MANIFEST_NAME).key, Body=(out / manifest.MANIFEST_NAME).read_bytes(),
                                    ContentType="application/json", CacheControl=MANIFEST_CACHE)
-                own = [item.key for item in list_objects(self.s3, tag.bucket, self.to.child(model_id, f".{version}.tmp-").key) if temporaries.is_own(item.key.rpartition("/")[2])]
+                own = [item.key for item in list_objects(self.s3, tag.bucket, self.to.child(model_id, f".{version}.tmp-").key) if temporaries.is_own(_name(item.key))]
                 delete_objects(self.s3, tag.bucket, own)        # this one, and any of an earlier failed try of this process
         s3catalog.update(self.s3, self.catalog, key, entry)
         return folder.url + "/"
@@ -129,7 +129,7 @@ def _unfinished(s3: BaseClient, where: S3Location, *, depth: int) -> list[Unfini
     found = []
     for folder in sorted(set(folders) | set(tags)):
         items, writers = folders.get(folder, []), tags.get(folder, [])
-        states = {temporaries.writer_state(tag.key.rpartition("/")[2]) for tag in writers}
+        states = {_writer_state(tag.key) for tag in writers}
         if "live" in states:
             continue
         dead = bool(states) and states == {"dead"}
@@ -137,7 +137,7 @@ def _unfinished(s3: BaseClient, where: S3Location, *, depth: int) -> list[Unfini
             everything = items + writers
             found.append(Unfinished(where.child(folder).url + "/", sum(item.size for item in everything), max(item.modified.timestamp() for item in everything), dead))
         else:
-            found += [Unfinished(S3Location(where.bucket, tag.key).url, tag.size, tag.modified.timestamp(), temporaries.writer_state(tag.key.rpartition("/")[2]) == "dead")
+            found += [Unfinished(S3Location(where.bucket, tag.key).url, tag.size, tag.modified.timestamp(), _writer_state(tag.key) == "dead")
                       for tag in writers]
     return found
 
@@ -161,14 +161,24 @@ def _remove(s3: BaseClient, url: str) -> None:
     where = parse(url, "publish.to")
     with user_errors(s3, where.bucket, f"publish.to {url}"):
         if not url.endswith("/"):       # a writer's tag
-            if temporaries.writer_state(where.key.rpartition("/")[2]) != "live":
+            if _writer_state(where.key) != "live":
                 s3.delete_object(Bucket=where.bucket, Key=where.key)
             return
         parent, _, version = where.key.rpartition("/")
         tags = [item.key for item in list_objects(s3, where.bucket, f"{parent}/.{version}.tmp-")]
-        if read_bytes(s3, where.child(manifest.MANIFEST_NAME)) is not None or any(temporaries.writer_state(tag.rpartition("/")[2]) == "live" for tag in tags):
+        if read_bytes(s3, where.child(manifest.MANIFEST_NAME)) is not None or any(_writer_state(tag) == "live" for tag in tags):
             return
         delete_objects(s3, where.bucket, [item.key for item in list_objects(s3, where.bucket, where.prefix)] + tags)
+
+
+def _writer_state(key: str) -> str | None:
+    """temporaries.writer_state of the object `key` names: "dead", "live", "unknown", or None
+    for an object that is not a writer's tag."""
+    return temporaries.writer_state(_name(key))
+
+
+def _name(key: str) -> str:
+    return key.rpartition("/")[2]
 
 
 def wants_s3(to: Any, catalog_location: Any) -> bool:

@@ -96,6 +96,14 @@ def parse_marker(raw: bytes, name: str = SUCCESS_MARKER) -> dict[str, Any]:
     return record
 
 
+def readable_marker(raw: bytes) -> dict[str, Any] | None:
+    """`parse_marker`, or None for a broken marker (where the caller falls back, not refuses)."""
+    try:
+        return parse_marker(raw)
+    except BrokenMarker:
+        return None
+
+
 class Store(ABC):
     url: str
 

@@ -49,7 +49,7 @@ from foundry.s3 import client as s3client
 from foundry.s3.client import S3Location, is_missing, lost_race
 from foundry.s3.files import S3Files, delete_objects, list_objects, read_json
 from foundry.s3.transfer import Download, IntegrityError, TransferConfig, Upload, download_files, upload_files
-from foundry.store.base import BROKEN_KEY, SUCCESS_MARKER, BrokenMarker, CommittedKey, DamagedKey, Leftover, Store, document_parts, is_recipe_folder, parse_marker
+from foundry.store.base import BROKEN_KEY, SUCCESS_MARKER, BrokenMarker, CommittedKey, DamagedKey, Leftover, Store, document_parts, is_recipe_folder, parse_marker, readable_marker
 
 LOG = logging.getLogger("foundry.store")
 SCRATCH_ENV = "FOUNDRY_SCRATCH"
@@ -277,10 +277,7 @@ class S3Store(Store):
         key's root files (a marker from before attempts, a broken one, or a crash of a Foundry
         that wrote there). Other attempts may be in flight: they are gc's."""
         prefix = self._key(recipe, key)
-        try:
-            folder = prefix if previous is None else files_location(prefix, parse_marker(previous))
-        except BrokenMarker:
-            folder = prefix
+        folder = marked_folder(prefix, None if previous is None else readable_marker(previous))
         if folder == prefix:
             self._delete_root_files(prefix)
         else:
@@ -359,7 +356,7 @@ class S3Store(Store):
         for attempt, part in sorted(scan.attempts.items()):
             if attempt != record.get("attempt"):
                 yield Leftover(recipe, f"{key}/{ATTEMPTS}/{attempt}", ABANDONED_ATTEMPT, part.size_bytes, part.newest, where.child(ATTEMPTS, attempt).key)
-        if record.get("attempt") is not None and scan.root.size_bytes + scan.root.newest > 0:      # a replaced marker's root files
+        if record.get("attempt") is not None and scan.root.newest > 0:      # a replaced marker's root files
             yield Leftover(recipe, key, ABANDONED_ATTEMPT, scan.root.size_bytes, scan.root.newest, where.key)
 
     def remove_leftover(self, leftover: Leftover) -> None:
@@ -418,11 +415,17 @@ def files_location(key: S3Location, record: dict[str, Any]) -> S3Location:
 def marked_files(s3: BaseClient, key: S3Location, record: dict[str, Any] | None, config: TransferConfig | None = None) -> S3Files:
     """The files of the key at `key` as its marker `record` finds them (None: a marker that
     cannot be read, then the key's root), for `verify_source`."""
-    try:
-        folder = key if record is None else files_location(key, record)
-    except BrokenMarker:
-        folder = key
+    folder = marked_folder(key, record)
     return S3Files(s3, folder, config, skip=f"{ATTEMPTS}/" if folder == key else None)
+
+
+def marked_folder(key: S3Location, record: dict[str, Any] | None) -> S3Location:
+    """`files_location`, with the key's root for a marker that cannot be read (None) or names
+    no attempt of ours."""
+    try:
+        return key if record is None else files_location(key, record)
+    except BrokenMarker:
+        return key
 
 
 def cache_root() -> Path:
