@@ -27,7 +27,7 @@ from foundry.stagespec import StageSpec
 from foundry.variants import VARIANT_FILES
 from jobs.onnx.decoder import decoder_feeds, decoder_session, empty_past
 from jobs.onnx.slices import held_bytes, plan_slices
-from jobs.stages.quantize import REFERENCE, _lift_to_float32_while_running, onnx_logits, run
+from jobs.stages.quantize import PROMPTS_PER_PASS, REFERENCE, _lift_to_float32_while_running, onnx_logits, run
 from jobs.tiny.models import build
 
 LEVELS = list(VARIANT_FILES)
@@ -228,12 +228,16 @@ def _assert_slices_give_the_whole_graphs_logits(path: Path, atol: float) -> None
         readers = [node for node in members if any(name in sizes for name in node.input)]
         read = {name for node in readers for name in node.input if name in sizes}
         assert sum(sizes[name] for name in read) <= budget or len(readers) == 1
-    token_ids = [[5, 6, 7, 8, 9], [11, 12]]
+    # More prompts than one pass takes (PROMPTS_PER_PASS), of different lengths.
+    token_ids = [[5 + prompt, 6, 7 + 2 * prompt, 8, 9][: 1 + prompt % 5] for prompt in range(PROMPTS_PER_PASS + 3)]
     whole = list(onnx_logits(path, token_ids))
     sliced = list(onnx_logits(path, token_ids, weight_budget=budget))
-    for expected, got in zip(whole, sliced, strict=True):
-        assert got.shape == expected.shape
+    session = decoder_session(path)
+    for ids, expected, got in zip(token_ids, whole, sliced, strict=True):
+        alone = session.run(["logits"], decoder_feeds(session, np.array([ids]), np.ones((1, len(ids)), dtype=np.int64), empty_past(session)))[0][0]
+        assert got.shape == expected.shape == alone.shape
         np.testing.assert_allclose(got, expected, rtol=0, atol=atol)
+        np.testing.assert_allclose(expected, alone, rtol=0, atol=atol)
         assert (got.argmax(-1) == expected.argmax(-1)).all()
 
 

@@ -51,6 +51,9 @@ REPORT_FILE = "quantize.json"
 REFERENCE = "pytorch-fp32"
 MAX_PROMPT_TOKENS = 128
 PROMPTS_PER_BATCH = 2
+# Prompts run through a graph (every slice of it) or through the lifted PyTorch model at
+# once: their logits are held together, at most 8 x 128 positions x the vocabulary.
+PROMPTS_PER_PASS = 8
 # A variant's check runs its graph in slices of at most 1/CHECK_SLICES of the fp32 weights
 # (half the fp16 bytes): the stage's peak then stays that of the export.
 CHECK_SLICES = 4
@@ -275,9 +278,8 @@ def pytorch_logits(model_dir: Path, token_ids: list[list[int]], target: Path, tr
     per_batch = PROMPTS_PER_BATCH
     if model.dtype != torch.float32:
         _lift_to_float32_while_running(model)
-        # Lifting costs a pass over every weight per forward: one forward for all the prompts.
-        # Its logits (at most 8 x 128 positions x the vocabulary) stay below the fp32 check's peak.
-        per_batch = len(token_ids)
+        # Lifting costs a pass over every weight per forward: one forward for a pass's prompts.
+        per_batch = PROMPTS_PER_PASS
     arrays = {}
     with torch.no_grad():
         for first, ids, mask in padded_batches(token_ids, per_batch):
@@ -290,8 +292,7 @@ def pytorch_logits(model_dir: Path, token_ids: list[list[int]], target: Path, tr
 def padded_batches(token_ids: list[list[int]], per_batch: int = PROMPTS_PER_BATCH) -> Iterator[tuple[int, Any, Any]]:
     """(index of the first prompt, input ids, attention mask) per batch of prompts, padded on
     the right: a causal model's logits at the real positions are those of each prompt alone,
-    and a batch reads each weight once, which is what makes the check cheap (2 prompts a batch
-    bound the logits held at once: 2 x 128 positions x the vocabulary)."""
+    and a batch reads each weight once, which is what makes the check cheap."""
     import numpy as np
 
     for first in range(0, len(token_ids), per_batch):
@@ -335,17 +336,20 @@ def _lift_to_float32_while_running(model: Any) -> None:
 
 def onnx_logits(path: Path, token_ids: list[list[int]], weight_budget: int | None = None) -> Iterator[Any]:
     """Logits at every position of each prompt, from full-sequence forwards with an empty
-    past, the graph run in slices holding at most `weight_budget` bytes of weights each."""
+    past, the graph run in slices holding at most `weight_budget` bytes of weights each (the
+    slices are opened again for each pass of PROMPTS_PER_PASS prompts)."""
     import numpy as np
 
     from jobs.onnx.slices import SlicedDecoder
 
     decoder = SlicedDecoder(path, weight_budget)
-    batches = list(padded_batches(token_ids))
-    feeds = [decoder_feeds(decoder, ids, mask, empty_past(decoder, batch=len(ids))) for _, ids, mask in batches]
-    for (first, ids, _), logits in zip(batches, decoder.run("logits", feeds), strict=True):
-        for row, prompt in enumerate(token_ids[first:first + len(ids)]):
-            yield logits[row, :len(prompt)].astype(np.float32)
+    for start in range(0, len(token_ids), PROMPTS_PER_PASS):
+        prompts = token_ids[start:start + PROMPTS_PER_PASS]
+        batches = list(padded_batches(prompts))
+        feeds = [decoder_feeds(decoder, ids, mask, empty_past(decoder, batch=len(ids))) for _, ids, mask in batches]
+        for (first, ids, _), logits in zip(batches, decoder.run("logits", feeds), strict=True):
+            for row, prompt in enumerate(prompts[first:first + len(ids)]):
+                yield logits[row, :len(prompt)].astype(np.float32)
 
 
 def saved_agreement(reference: Path, logits: Iterable[Any]) -> dict[str, Any]:
