@@ -22,7 +22,6 @@ import onnx
 from onnx import TensorProto
 
 from jobs.onnx.decoder import session_options
-from jobs.onnx.external_data import external_info, uses_external_data
 
 # ONNX Runtime's names of the tensor types decoder graphs use (`NodeArg.type`).
 _ORT_TYPES = {
@@ -43,9 +42,8 @@ class GraphInput:
 
 
 def initializer_bytes(tensor: TensorProto) -> int:
-    if uses_external_data(tensor):
-        return int(external_info(tensor).get("length") or 0)
-    return len(tensor.raw_data) or tensor.ByteSize()
+    """Its size from its shape and type, wherever its bytes are (inline or external)."""
+    return int(np.prod(tensor.dims, dtype=np.int64)) * onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
 def held_bytes(tensor: TensorProto) -> int:
