@@ -85,7 +85,7 @@ def export_problem(config: dict) -> str | None:
     """What the exporter would refuse in a config of a family it takes, or None."""
     if config.get("model_type") != "gemma3_text":
         return None
-    global_type, local_type = gemma3_rope_types(config)
+    global_type, local_type = _gemma3_rope_types(config)
     if global_type in GEMMA3_GLOBAL_ROPE_TYPES and local_type == "default":
         return None
     return (
@@ -94,7 +94,7 @@ def export_problem(config: dict) -> str | None:
     )
 
 
-def gemma3_rope_types(config: dict) -> tuple[str, str]:
+def _gemma3_rope_types(config: dict) -> tuple[str, str]:
     """(global, local) rope types, from transformers 5's per-layer-type `rope_parameters` or
     an older config's `rope_scaling` (which scales the global layers only)."""
     per_type = config.get("rope_parameters")
