@@ -4,7 +4,7 @@
   entry (`entry.py`, `foundry-stage SPEC.json`) that fetches inputs and commits outputs;
 - `driver.py`: the in-cluster driver that creates each stage Job when its inputs are committed;
 - `steps.py`: a stage's heavy steps in processes of their own, with their peak memory;
-- the toolkits the stages use: `onnx/` (export, variants, chunked data, decoding),
+- the toolkits the stages use: `onnx/` (export, the reference, variants, chunked data, decoding),
   `finetuning/` (datasets, batches, the training loop), `evaluation/` (suites and scoring),
   `sources/` (model references to local folders), `tiny/` (the `tiny:` models);
 - `tools/`: what `foundry query` and `foundry bench-variants` run.

@@ -19,7 +19,8 @@ import resource
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,9 @@ from typing import Any
 from foundry.errors import UserError
 
 GIB = 1024**3
+# How a step says that the input, not the step, is wrong: this prefix on its last line of
+# stderr and exit code 2 (`user_error_exit`); the stage then raises the line as a UserError.
+USER_ERROR_PREFIX = "foundry user error: "
 
 
 @dataclass
@@ -104,6 +108,9 @@ def run_command(log: StepLog, name: str, command: list[str], *, env: dict[str, s
             f"{log.stage}: step {name!r} was killed by signal {-code} before it finished (SIGKILL: most often the kernel's "
             f"out-of-memory killer); it had {memory_allowed()}: give the {log.stage} stage more memory (resources.{log.stage}.memory)"
         )
+    last_line = errors.strip().rpartition("\n")[2]
+    if code == 2 and last_line.startswith(USER_ERROR_PREFIX):
+        raise UserError(last_line.removeprefix(USER_ERROR_PREFIX))
     if code != 0:
         tail = "\n".join(errors.strip().splitlines()[-15:])
         raise RuntimeError(f"{log.stage}: step {name!r} failed (exit {code}):\n{tail}")
@@ -120,9 +127,20 @@ def give_back_freed_memory() -> None:
         pass
 
 
+@contextmanager
+def user_error_exit() -> Iterator[None]:
+    """In a step's process: a UserError ends it with one line the stage raises again (run_command)."""
+    try:
+        yield
+    except UserError as error:
+        print(f"{USER_ERROR_PREFIX}{error}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _child(call: Path, result: Path) -> None:
     function, args = pickle.loads(call.read_bytes())
-    result.write_bytes(pickle.dumps(function(*args)))
+    with user_error_exit():
+        result.write_bytes(pickle.dumps(function(*args)))
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ memory says which step and how much it had, not a bare kill")."""
 
 import os
 import sys
+from pathlib import Path
 
 import pytest
 
 from foundry.errors import UserError
+from jobs.onnx.export import read_config
 from jobs.steps import StepKilled, StepLog, run_command, run_step
 
 MIB = 1024 * 1024
@@ -45,3 +47,17 @@ def test_a_failing_step_shows_the_end_of_its_errors() -> None:
     message = str(raised.value)
     assert message.startswith("merge: step 'export' failed (exit 3):")
     assert "line 39" in message and "line 24" not in message    # the last 15 lines
+
+
+def test_a_step_that_refuses_its_input_raises_the_users_one_line(tmp_path: Path) -> None:
+    log = StepLog("quantize")
+    # A UserError inside the step's process (here: a model folder without config.json) is
+    # the stage's UserError, its line unchanged: one line and exit 2 from the CLI, not a
+    # failed step with a traceback.
+    with pytest.raises(UserError) as raised:
+        run_step(log, "reference", read_config, tmp_path)
+    assert str(raised.value).startswith(f"model folder {tmp_path}: no config.json;")
+    assert "\n" not in str(raised.value) and not isinstance(raised.value, StepKilled)
+    # Exit 2 alone (argparse's, say) is still a failed step.
+    with pytest.raises(RuntimeError, match="failed \\(exit 2\\)"):
+        run_command(log, "export", [sys.executable, "-c", "import sys; print('usage: x', file=sys.stderr); sys.exit(2)"])

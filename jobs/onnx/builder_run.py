@@ -18,12 +18,21 @@ Only the classes change; the builder's own `__main__` runs unchanged (runpy), so
 and outputs are the builder's. Its module imports its classes from the top-level `builders`
 package (onnxruntime_genai.models puts its folder on sys.path), so that is where they are
 replaced.
+
+With `--foundry-reference REQUEST.json` first (`{"model_dir": ..., "prompts": [...],
+"trust_remote_code": ..., "target": ...}`), the PyTorch model the builder loads is kept
+and, once the builder has written the graph and returned, the quantize stage's reference is
+computed from it (jobs/onnx/reference.py): the process, its imports and the loaded
+checkpoint serve both.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import runpy
+import sys
+from pathlib import Path
 from typing import Any
 
 import onnxruntime_genai.models  # noqa: F401  (puts the builder's folder on sys.path, for `builders`)
@@ -80,10 +89,37 @@ class SmolLM3NoRopeModel(builders.SmolLM3Model):
 ADAPTERS = {"Gemma3Model": Gemma3TextModel, "SmolLM3Model": SmolLM3NoRopeModel}
 
 
+def keep_loaded_models(kept: list[Any]) -> None:
+    """Append every PyTorch model the builder loads to `kept` (the builder drops its own
+    reference once the graph is built; the graph's lazy tensors hold the weights until saved)."""
+    load_weights = builders.base.Model.load_weights
+
+    def load_and_keep(self: Any, input_path: str) -> Any:
+        model = load_weights(self, input_path)
+        kept.append(model)
+        return model
+
+    builders.base.Model.load_weights = load_and_keep
+
+
 def main() -> None:
+    request = None
+    if sys.argv[1:2] == ["--foundry-reference"]:
+        request = json.loads(Path(sys.argv[2]).read_text())
+        del sys.argv[1:3]
     for name, adapter in ADAPTERS.items():
         setattr(builders, name, adapter)
+    kept: list[Any] = []
+    keep_loaded_models(kept)
     runpy.run_module(BUILDER_MODULE, run_name="__main__", alter_sys=True)
+    if request is not None:
+        from jobs.onnx import reference
+        from jobs.steps import user_error_exit
+
+        if not kept:
+            raise RuntimeError("the builder loaded no PyTorch model to compute the reference from")
+        with user_error_exit():
+            reference.write(kept[0], Path(request["model_dir"]), request["prompts"], Path(request["target"]), trust_remote_code=request["trust_remote_code"])
 
 
 if __name__ == "__main__":

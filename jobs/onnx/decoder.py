@@ -19,17 +19,18 @@ def decoder_session(path: Path) -> Any:
     return ort.InferenceSession(str(path), session_options(lean=False), providers=["CPUExecutionProvider"])
 
 
-def session_options(*, lean: bool) -> Any:
-    """`lean` trades speed for memory: no prepacked copies of the weights (ONNX Runtime's
-    default doubles an fp32 model's footprint) and no arena holding on to freed
-    activations. The quantize stage's checks run lean; generation does not."""
+def session_options(*, lean: bool, prepack_weights: bool | None = None) -> Any:
+    """`lean` trades speed for memory: no arena holding on to freed activations and, unless
+    `prepack_weights`, no prepacked copies of the weights (ONNX Runtime's default doubles
+    an fp32 model's footprint). The quantize stage's checks run lean; generation does not."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if lean:
-        options.add_session_config_entry("session.disable_prepacking", "1")
         options.enable_cpu_mem_arena = False
+        if not prepack_weights:
+            options.add_session_config_entry("session.disable_prepacking", "1")
     return options
 
 

@@ -1,20 +1,24 @@
 """The fp32 ONNX export of a causal LM, as one graph with past key values, by the family's exporter.
 
-One job: a local Hugging Face folder in, `model.onnx` plus its external data out, with the
-inputs and outputs a browser client feeds and reads (`input_ids`, `attention_mask`,
-`position_ids` where the exporter keeps it, `past_key_values.N.key/value`; `logits`,
+A local Hugging Face folder in, `model.onnx` plus its external data out, with the inputs
+and outputs a browser client feeds and reads (`input_ids`, `attention_mask`, `position_ids`
+where the exporter keeps it, `past_key_values.N.key/value`; `logits`,
 `present.N.key/value`). Every variant is derived from this graph (jobs/onnx/derive.py).
+Beside it, the PyTorch reference the variants are checked against (jobs/onnx/reference.py),
+computed where the PyTorch model is loaded anyway.
 
 Which exporter takes a family is decided in `foundry/exporters.py` (so `foundry lint`
 refuses the others):
 
 - `BuilderExporter`: onnxruntime-genai's model builder, run as its own program so that
   the PyTorch model it loads is gone when it exits (through jobs/onnx/builder_run.py, which
-  puts Foundry's adapters for Gemma 3 and SmolLM3 in place of the builder's classes). Its
+  puts Foundry's adapters for Gemma 3 and SmolLM3 in place of the builder's classes, and
+  computes the reference from the model the builder loaded once the graph is written). Its
   graphs declare the last cache dimension as the symbolic `kv_cache_dim`; transformers.js
   sizes its empty cache by setting every symbolic dimension but the batch to 0, so it is
   pinned to the head size here. It also writes `genai_config.json`, kept for onnxruntime-genai.
-- `OptimumExporter`: optimum-onnx in its own environment (jobs/onnx/optimum_env.py).
+- `OptimumExporter`: optimum-onnx in its own environment (jobs/onnx/optimum_env.py); the
+  reference is a step of its own in Foundry's environment.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import json
 import os
 import shutil
 import sys
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +36,11 @@ import onnx
 
 from foundry import exporters
 from foundry.errors import UserError
-from jobs.onnx import optimum_env
-from jobs.steps import StepLog, run_command
+from jobs.onnx import optimum_env, reference
+from jobs.steps import StepLog, run_command, run_step
 
 GENAI_CONFIG = "genai_config.json"
+REFERENCE_FILE = "reference.npz"
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -68,12 +75,18 @@ def family(model_dir: Path) -> exporters.Family:
     return found
 
 
+@dataclass(frozen=True)
+class Exported:
+    graph: Path         # <out>/model.onnx, fp32, its external data beside it
+    reference: Path     # <out>/reference.npz: the prompts' token ids and PyTorch logits
+
+
 class Exporter:
-    """Writes `<out>/model.onnx` (fp32, external data beside it) from a model folder."""
+    """Writes the fp32 graph of a model folder, and the reference over `prompts`, into `out`."""
 
     name: str
 
-    def export(self, log: StepLog, model_dir: Path, out: Path, *, trust_remote_code: bool) -> Path:
+    def export(self, log: StepLog, model_dir: Path, out: Path, *, prompts: list[str], trust_remote_code: bool) -> Exported:
         raise NotImplementedError
 
     def version(self) -> str:
@@ -83,7 +96,7 @@ class Exporter:
 class BuilderExporter(Exporter):
     name = exporters.BUILDER
 
-    def export(self, log: StepLog, model_dir: Path, out: Path, *, trust_remote_code: bool) -> Path:
+    def export(self, log: StepLog, model_dir: Path, out: Path, *, prompts: list[str], trust_remote_code: bool) -> Exported:
         cache = out / ".builder-cache"
         options = [
             "hf_token=false",
@@ -92,15 +105,19 @@ class BuilderExporter(Exporter):
             # builder's windowed cache for sliding-window layers (gemma2/3) wants a capacity.
             "windowed_kv_cache=false",
         ]
-        command = [
-            sys.executable, "-m", "jobs.onnx.builder_run", "-i", str(model_dir), "-o", str(out),
-            "-p", "fp32", "-e", "cpu", "-c", str(cache), "--extra_options", *options,
-        ]
-        run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", suffix=".json", dir=out) as request:
+            json.dump({"model_dir": str(model_dir), "prompts": prompts, "trust_remote_code": trust_remote_code, "target": str(out / REFERENCE_FILE)}, request)
+            request.flush()
+            command = [
+                sys.executable, "-m", "jobs.onnx.builder_run", "--foundry-reference", request.name,
+                "-i", str(model_dir), "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(cache), "--extra_options", *options,
+            ]
+            run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
         shutil.rmtree(cache, ignore_errors=True)
         model = out / "model.onnx"
         _settle_graph(model, out / GENAI_CONFIG, producer_version=self.version())
-        return model
+        return Exported(model, out / REFERENCE_FILE)
 
     def version(self) -> str:
         from importlib.metadata import version
@@ -111,12 +128,13 @@ class BuilderExporter(Exporter):
 class OptimumExporter(Exporter):
     name = exporters.OPTIMUM
 
-    def export(self, log: StepLog, model_dir: Path, out: Path, *, trust_remote_code: bool) -> Path:
+    def export(self, log: StepLog, model_dir: Path, out: Path, *, prompts: list[str], trust_remote_code: bool) -> Exported:
         python = optimum_env.python()
         script = Path(__file__).with_name("optimum_export.py")
         command = [str(python), str(script), str(model_dir), str(out), "--trust-remote-code" if trust_remote_code else "--no-remote-code"]
         run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        return out / "model.onnx"
+        run_step(log, "reference", reference.from_checkpoint, model_dir, prompts, out / REFERENCE_FILE, trust_remote_code)
+        return Exported(out / "model.onnx", out / REFERENCE_FILE)
 
     def version(self) -> str:
         return optimum_env.OPTIMUM_ONNX_VERSION

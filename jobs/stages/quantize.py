@@ -16,19 +16,18 @@ Input `model`: a local Hugging Face causal LM folder. Output (`out`):
                                                            (names from foundry.variants)
     quantize.json                                          the report this returns
 
-The export (jobs/onnx/export.py: onnxruntime-genai's builder, or optimum-onnx for the
-families only it takes) and the PyTorch reference each run in a process of their own
-(jobs/steps.py): a loaded PyTorch model's memory only goes back to the system when its
-process exits. Then each variant is derived from the fp32 graph, tensor by tensor
+The export and the PyTorch reference (jobs/onnx/export.py: onnxruntime-genai's builder,
+which computes the reference in its own process from the model it loaded, or optimum-onnx
+for the families only it takes, the reference then a step of its own) run in processes of
+their own (jobs/steps.py): a loaded PyTorch model's memory only goes back to the system
+when its process exits. Then each variant is derived from the fp32 graph, tensor by tensor
 (jobs/onnx/derive.py), and its agreement measured, here, one after another.
 
-Agreement is measured against PyTorch in float32 (`reference: "pytorch-fp32"`): every
-variant, fp32 ONNX included, runs the prompts as one full-sequence forward with an empty
-past, and its logits at every position are compared with PyTorch's: the share of
-positions whose arg-max token is the same (`top1_agreement`) and the largest absolute
-logit difference (`max_logit_diff`). The reference loads the checkpoint in its own dtype
-and lifts each module's weights to float32 only while it runs: the same numbers as a
-float32 model (a bfloat16 weight is exact in float32) at half the memory.
+Agreement is measured against PyTorch in float32 (`reference: "pytorch-fp32"`,
+jobs/onnx/reference.py): every variant, fp32 ONNX included, runs the prompts as one
+full-sequence forward with an empty past, and its logits at every position are compared
+with PyTorch's: the share of positions whose arg-max token is the same (`top1_agreement`)
+and the largest absolute logit difference (`max_logit_diff`).
 """
 
 import json
@@ -49,11 +48,6 @@ LOG = logging.getLogger("foundry.quantize")
 
 REPORT_FILE = "quantize.json"
 REFERENCE = "pytorch-fp32"
-MAX_PROMPT_TOKENS = 128
-PROMPTS_PER_BATCH = 2
-# Prompts run through a graph (every slice of it) or through the lifted PyTorch model at
-# once: their logits are held together, at most 8 x 128 positions x the vocabulary.
-PROMPTS_PER_PASS = 8
 # A variant's check runs its graph in slices of at most 1/CHECK_SLICES of the fp32 weights
 # (half the fp16 bytes): the stage's peak then stays that of the export.
 CHECK_SLICES = 4
@@ -92,8 +86,9 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     import onnx
 
     from jobs.onnx import export
+    from jobs.onnx import reference as pytorch_reference
     from jobs.onnx.slices import initializer_bytes
-    from jobs.steps import StepLog, give_back_freed_memory, peak_rss_bytes, run_step
+    from jobs.steps import StepLog, give_back_freed_memory, peak_rss_bytes
 
     _check_model_folder(model_dir, allow_pickle=allow_pickle)
     exporter = export.exporter_for(model_dir)
@@ -107,17 +102,13 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="foundry-quantize-", dir=out.parent) as scratch:
         work = Path(scratch)
         tick = time.perf_counter()
-        fp32 = exporter.export(steps, model_dir, work / "export", trust_remote_code=trust_remote_code)
-        exported = onnx.load(str(fp32), load_external_data=False)
-        io = export.check_decoder_io(exported)
-        weight_budget = sum(map(initializer_bytes, exported.graph.initializer)) // CHECK_SLICES
+        exported = exporter.export(steps, model_dir, work / "export", prompts=prompts, trust_remote_code=trust_remote_code)
+        fp32, reference = exported.graph, exported.reference
+        graph = onnx.load(str(fp32), load_external_data=False)
+        io = export.check_decoder_io(graph)
+        weight_budget = sum(map(initializer_bytes, graph.graph.initializer)) // CHECK_SLICES
+        token_ids = pytorch_reference.token_ids(reference)
         seconds["export"] = time.perf_counter() - tick
-
-        tick = time.perf_counter()
-        token_ids = tokenize_prompts(model_dir, prompts, trust_remote_code=trust_remote_code)
-        reference = work / "reference.npz"
-        run_step(steps, "reference", pytorch_logits, model_dir, token_ids, reference, trust_remote_code)
-        seconds["reference"] = time.perf_counter() - tick
 
         for variant in variants:
             tick = time.perf_counter()
@@ -254,110 +245,27 @@ def _copy_metadata(model_dir: Path, out: Path, *, trust_remote_code: bool) -> li
     return sorted(copied)
 
 
-def tokenize_prompts(model_dir: Path, prompts: list[str], *, trust_remote_code: bool) -> list[list[int]]:
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    token_ids = []
-    for prompt in prompts:
-        ids = list(tokenizer(prompt)["input_ids"])[:MAX_PROMPT_TOKENS]
-        if not ids:
-            raise UserError(f"quantize: the prompt {prompt!r} tokenizes to no tokens")
-        token_ids.append(ids)
-    return token_ids
-
-
-def pytorch_logits(model_dir: Path, token_ids: list[list[int]], target: Path, trust_remote_code: bool) -> None:
-    """The float32 reference logits of every prompt, saved to `target` (one array per prompt); run as its own step."""
-    import numpy as np
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto", trust_remote_code=trust_remote_code)
-    model.eval()
-    per_batch = PROMPTS_PER_BATCH
-    if model.dtype != torch.float32:
-        _lift_to_float32_while_running(model)
-        # Lifting costs a pass over every weight per forward: one forward for a pass's prompts.
-        per_batch = PROMPTS_PER_PASS
-    arrays = {}
-    with torch.no_grad():
-        for first, ids, mask in padded_batches(token_ids, per_batch):
-            logits = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), use_cache=False).logits.float().numpy()
-            for row, prompt in enumerate(token_ids[first:first + len(ids)]):
-                arrays[f"prompt_{first + row}"] = logits[row, :len(prompt)]
-    np.savez(target, **arrays)
-
-
-def padded_batches(token_ids: list[list[int]], per_batch: int = PROMPTS_PER_BATCH) -> Iterator[tuple[int, Any, Any]]:
-    """(index of the first prompt, input ids, attention mask) per batch of prompts, padded on
-    the right: a causal model's logits at the real positions are those of each prompt alone,
-    and a batch reads each weight once, which is what makes the check cheap."""
-    import numpy as np
-
-    for first in range(0, len(token_ids), per_batch):
-        batch = token_ids[first:first + per_batch]
-        ids = np.zeros((len(batch), max(map(len, batch))), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for row, prompt in enumerate(batch):
-            ids[row, :len(prompt)] = prompt
-            mask[row, :len(prompt)] = 1
-        yield first, ids, mask
-
-
-def _lift_to_float32_while_running(model: Any) -> None:
-    """Each module's own weights in float32 for its forward only, then back to the checkpoint's dtype.
-
-    Activations then flow in float32 from the embedding on, so the model computes what its
-    float32 copy would, holding one module's float32 weights at a time.
-
-    The checkpoint's own tensors are put back after the forward, not converted back: they
-    are views of the memory-mapped safetensors file, and a converted copy would hold every
-    weight twice (the mapped pages and the copy; 6.6 GiB instead of 4.3 at 1.5B).
-    """
-    import torch
-
-    stored: dict[int, list[Any]] = {}
-
-    def lift(module: Any, _inputs: Any) -> None:
-        stored[id(module)] = [parameter.data for parameter in module.parameters(recurse=False)]
-        for parameter in module.parameters(recurse=False):
-            parameter.data = parameter.data.to(torch.float32)
-
-    def lower(module: Any, _inputs: Any, _output: Any) -> None:
-        for parameter, data in zip(module.parameters(recurse=False), stored.pop(id(module)), strict=True):
-            parameter.data = data
-
-    for module in model.modules():
-        if any(True for _ in module.parameters(recurse=False)):
-            module.register_forward_pre_hook(lift)
-            module.register_forward_hook(lower)
-
-
 def onnx_logits(path: Path, token_ids: list[list[int]], weight_budget: int | None = None) -> Iterator[Any]:
     """Logits at every position of each prompt, from full-sequence forwards with an empty
     past, the graph run in slices holding at most `weight_budget` bytes of weights each (the
     slices are opened again for each pass of PROMPTS_PER_PASS prompts)."""
     import numpy as np
 
+    from jobs.onnx.reference import padded_passes
     from jobs.onnx.slices import SlicedDecoder
 
     decoder = SlicedDecoder(path, weight_budget)
-    for start in range(0, len(token_ids), PROMPTS_PER_PASS):
-        prompts = token_ids[start:start + PROMPTS_PER_PASS]
-        batches = list(padded_batches(prompts))
-        feeds = [decoder_feeds(decoder, ids, mask, empty_past(decoder, batch=len(ids))) for _, ids, mask in batches]
-        for (first, ids, _), logits in zip(batches, decoder.run("logits", feeds), strict=True):
-            for row, prompt in enumerate(prompts[first:first + len(ids)]):
-                yield logits[row, :len(prompt)].astype(np.float32)
+    for first, ids, mask in padded_passes(token_ids):
+        logits = decoder.run("logits", decoder_feeds(decoder, ids, mask, empty_past(decoder, batch=len(ids))))
+        for row, prompt in enumerate(token_ids[first:first + len(ids)]):
+            yield logits[row, :len(prompt)].astype(np.float32)
 
 
 def saved_agreement(reference: Path, logits: Iterable[Any]) -> dict[str, Any]:
-    """`agreement` against the reference `pytorch_logits` saved, one prompt in memory at a time."""
-    import numpy as np
+    """`agreement` against the saved reference (jobs/onnx/reference.py), one prompt in memory at a time."""
+    from jobs.onnx import reference as pytorch_reference
 
-    with np.load(reference) as saved:
-        return agreement((saved[f"prompt_{index}"], got) for index, got in enumerate(logits))
+    return agreement(zip(pytorch_reference.logits(reference), logits, strict=True))
 
 
 def agreement(pairs: Iterable[tuple[Any, Any]]) -> dict[str, Any]:

@@ -48,7 +48,8 @@ def size_on_disk(folder: Path, variant: str) -> int:
 def bench(folder: Path, *, suites: list[str] | None = None, limit: int | None = None, tokens: int = 32) -> dict[str, Any]:
     import onnxruntime
 
-    from jobs.stages.quantize import DEFAULT_PROMPTS, tokenize_prompts
+    from jobs.onnx.reference import tokenize
+    from jobs.stages.quantize import DEFAULT_PROMPTS
 
     present = variants_present(folder)
     if not present:
@@ -59,7 +60,7 @@ def bench(folder: Path, *, suites: list[str] | None = None, limit: int | None = 
         raise UserError(f"--limit {limit}: limits the items of a --suite, and none is given; add --suite, or drop --limit")
     reference = present[0]      # VARIANT_FILES runs from most to least precise
     prompts = list(DEFAULT_PROMPTS)
-    token_ids = None if suites else tokenize_prompts(folder, prompts, trust_remote_code=False)
+    token_ids = None if suites else tokenize(folder, prompts, trust_remote_code=False)
     reference_quality: Any = None
     rows = []
     for variant in present:
