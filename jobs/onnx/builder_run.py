@@ -19,11 +19,15 @@ and outputs are the builder's. Its module imports its classes from the top-level
 package (onnxruntime_genai.models puts its folder on sys.path), so that is where they are
 replaced.
 
-With `--foundry-reference REQUEST.json` first (`{"model_dir": ..., "prompts": [...],
-"trust_remote_code": ..., "target": ...}`), the PyTorch model the builder loads is kept
-and, once the builder has written the graph and returned, the quantize stage's reference is
-computed from it (jobs/onnx/reference.py): the process, its imports and the loaded
-checkpoint serve both.
+With `--foundry-request REQUEST.json` first (written by jobs/onnx/export.py), the process
+does the quantize stage's export:
+
+- in place of saving the fp32 graph, the builder's `save_model` derives the requested
+  variants from the graph in memory (jobs/onnx/derive.py), each tensor converted from the
+  memory-mapped checkpoint as it is read: the fp32 graph is written only as the fp32
+  variant, never as a copy to derive from (at 0.5B, 2 GB less to write and read back);
+- once the builder has returned, the stage's PyTorch reference is computed from the model
+  it loaded (jobs/onnx/reference.py): one process, one import of PyTorch, one load.
 """
 
 from __future__ import annotations
@@ -89,6 +93,50 @@ class SmolLM3NoRopeModel(builders.SmolLM3Model):
 ADAPTERS = {"Gemma3Model": Gemma3TextModel, "SmolLM3Model": SmolLM3NoRopeModel}
 
 
+def memory_source(model: Any) -> Any:
+    """The builder's graph (an onnx_ir model) as a `derive.Source`: its structure serialized
+    with placeholders in place of the initializers' values, and each value read from the
+    graph's own (lazy) tensor when a variant needs it."""
+    import numpy as np
+    import onnx_ir as ir
+    import torch
+
+    from jobs.onnx.derive import Source
+
+    values = {}
+    for name, value in model.graph.initializers.items():
+        values[name] = value.const_value
+        value.const_value = ir.ExternalTensor("in-memory", None, None, values[name].dtype, shape=values[name].shape, name=name)
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for name, value in model.graph.initializers.items():
+            value.const_value = values[name]
+
+    def read(tensor: Any) -> np.ndarray:
+        array = np.asarray(values[tensor.name].numpy())
+        # The builder's weights are transposed views of the checkpoint's: PyTorch puts them
+        # in order far faster than numpy (0.5B: 1.1 s against 2.1 s), on every core.
+        return array if array.flags.c_contiguous else torch.from_numpy(array).contiguous().numpy()
+
+    return Source(proto, read)
+
+
+def derive_in_place_of_saving(request: dict[str, Any]) -> None:
+    """The builder's `save_model` replaced: the requested variants, derived from its graph."""
+    from jobs.onnx.derive import derive_variants, weight_bytes
+    from jobs.onnx.export import settle_builder_graph
+
+    def save_variants(self: Any, out_dir: str) -> None:
+        self.model.graph.sort()     # as the builder's own save_model does
+        source = memory_source(self.model)
+        settle_builder_graph(source.model, head_size=self.head_size, producer_version=request["producer_version"])
+        made = derive_variants(source, Path(request["onnx_dir"]), request["variants"])
+        Path(request["made"]).write_text(json.dumps({"variants": made, "fp32_weight_bytes": weight_bytes(source)}))
+
+    builders.base.Model.save_model = save_variants
+
+
 def keep_loaded_models(kept: list[Any]) -> None:
     """Append every PyTorch model the builder loads to `kept` (the builder drops its own
     reference once the graph is built; the graph's lazy tensors hold the weights until saved)."""
@@ -104,13 +152,15 @@ def keep_loaded_models(kept: list[Any]) -> None:
 
 def main() -> None:
     request = None
-    if sys.argv[1:2] == ["--foundry-reference"]:
+    if sys.argv[1:2] == ["--foundry-request"]:
         request = json.loads(Path(sys.argv[2]).read_text())
         del sys.argv[1:3]
     for name, adapter in ADAPTERS.items():
         setattr(builders, name, adapter)
     kept: list[Any] = []
-    keep_loaded_models(kept)
+    if request is not None:
+        derive_in_place_of_saving(request)
+        keep_loaded_models(kept)
     runpy.run_module(BUILDER_MODULE, run_name="__main__", alter_sys=True)
     if request is not None:
         from jobs.onnx import reference
@@ -119,7 +169,7 @@ def main() -> None:
         if not kept:
             raise RuntimeError("the builder loaded no PyTorch model to compute the reference from")
         with user_error_exit():
-            reference.write(kept[0], Path(request["model_dir"]), request["prompts"], Path(request["target"]), trust_remote_code=request["trust_remote_code"])
+            reference.write(kept[0], Path(request["model_dir"]), request["prompts"], Path(request["reference"]), trust_remote_code=request["trust_remote_code"])
 
 
 if __name__ == "__main__":

@@ -76,34 +76,53 @@ VARIANTS: dict[str, VariantSettings] = {
 Producer = Callable[[], np.ndarray]
 
 
-class SourceTensors:
-    """The fp32 model's initializers, each read on demand from its memory-mapped file."""
+@dataclass(frozen=True)
+class Source:
+    """The fp32 graph every variant is derived from: its structure (a ModelProto whose
+    initializers carry no bytes) and how to read one initializer's values.
 
-    def __init__(self, model_path: Path, graph: onnx.GraphProto) -> None:
-        self.model_path = model_path
+    From a file (`from_file`: the external data memory-mapped) or from the builder's graph
+    in memory (jobs/onnx/builder_run.py: each tensor converted from the loaded checkpoint
+    when it is read), so that an fp32 graph only reaches the disk when fp32 is published.
+    """
+
+    model: onnx.ModelProto
+    read: Callable[[TensorProto], np.ndarray]
+
+    @classmethod
+    def from_file(cls, model_path: Path) -> Source:
+        def read(tensor: TensorProto) -> np.ndarray:
+            if not uses_external_data(tensor):
+                return numpy_helper.to_array(tensor)
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            shape = tuple(tensor.dims)
+            count = int(np.prod(shape)) if shape else 1
+            if count == 0:
+                return np.zeros(shape, dtype=dtype)
+            info = external_info(tensor)
+            location = safe_location(model_path.parent, info.get("location", ""), tensor.name, model_path)
+            return np.memmap(location, dtype=dtype, mode="r", offset=int(info.get("offset", 0) or 0), shape=(count,)).reshape(shape)
+
+        return cls(onnx.load(str(model_path), load_external_data=False), read)
+
+
+class SourceTensors:
+    """The fp32 graph's initializers, each read on demand, and tensors computed from them."""
+
+    def __init__(self, graph: onnx.GraphProto, read: Callable[[TensorProto], np.ndarray]) -> None:
         self.tensors = {tensor.name: tensor for tensor in graph.initializer}
+        self.read_stored = read
         self.derived: dict[str, Producer] = {}
 
     def define(self, name: str, data_type: int, dims: list[int], produce: Producer) -> None:
-        """A tensor computed from others (a transposed weight), read like the file's own."""
+        """A tensor computed from others (a transposed weight), read like the graph's own."""
         self.tensors[name] = TensorProto(name=name, data_type=data_type, dims=dims)
         self.derived[name] = produce
 
     def read(self, name: str) -> np.ndarray:
         if name in self.derived:
             return self.derived[name]()
-        tensor = self.tensors[name]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
-        shape = tuple(tensor.dims)
-        if not uses_external_data(tensor):
-            return numpy_helper.to_array(tensor)
-        info = external_info(tensor)
-        count = int(np.prod(shape)) if shape else 1
-        if count == 0:
-            return np.zeros(shape, dtype=dtype)
-        location = safe_location(self.model_path.parent, info.get("location", ""), name, self.model_path)
-        data = np.memmap(location, dtype=dtype, mode="r", offset=int(info.get("offset", 0) or 0), shape=(count,))
-        return data.reshape(shape)
+        return self.read_stored(self.tensors[name])
 
 
 @dataclass
@@ -115,10 +134,11 @@ class _Planned:
 class VariantWriter:
     """The graph being rewritten and, for each initializer, how to compute its bytes."""
 
-    def __init__(self, source_path: Path) -> None:
-        self.model = onnx.load(str(source_path), load_external_data=False)
+    def __init__(self, source: Source) -> None:
+        self.model = onnx.ModelProto()
+        self.model.CopyFrom(source.model)
         self.graph = self.model.graph
-        self.source = SourceTensors(source_path, self.graph)
+        self.source = SourceTensors(self.graph, source.read)
         self.planned: dict[str, _Planned] = {}
         for tensor in self.graph.initializer:
             self.replace(tensor.name, tensor.data_type, list(tensor.dims), lambda name=tensor.name: self.source.read(name))
@@ -365,10 +385,9 @@ def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
-def derive(source: Path, target: Path, data_name: str, variant: str, *, settings: VariantSettings | None = None) -> dict[str, object]:
-    """Write variant `variant` of the fp32 graph `source` as `target` plus `data_name` beside it
-    (with `settings` other than the variant's own, for a benchmark)."""
-    settings = settings or VARIANTS[variant]
+def derive(source: Source, target: Path, data_name: str, variant: str) -> dict[str, object]:
+    """Write variant `variant` of the fp32 graph `source` as `target` plus `data_name` beside it."""
+    settings = VARIANTS[variant]
     float_type = TensorProto.FLOAT16 if settings.float_type == "float16" else TensorProto.FLOAT
     writer = VariantWriter(source)
     counts = {}
@@ -383,3 +402,24 @@ def derive(source: Path, target: Path, data_name: str, variant: str, *, settings
         writer.model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     size = writer.write(target, data_name)
     return {"settings": settings.record(), **counts, "size_bytes": size}
+
+
+def derive_variants(source: Source, folder: Path, variants: list[str]) -> dict[str, dict[str, object]]:
+    """Each of `variants` written into `folder` under its published name (foundry.variants),
+    one after another: each gives back what it held before the next starts."""
+    from foundry.variants import VARIANT_FILES
+    from jobs.steps import give_back_freed_memory
+
+    made = {}
+    for variant in variants:
+        name = VARIANT_FILES[variant]
+        made[variant] = derive(source, folder / name, f"{name}_data", variant)
+        give_back_freed_memory()
+    return made
+
+
+def weight_bytes(source: Source) -> int:
+    """The fp32 graph's initializers' bytes (what the agreement check's slices are sized from)."""
+    from jobs.onnx.slices import initializer_bytes
+
+    return sum(map(initializer_bytes, source.model.graph.initializer))

@@ -1,24 +1,23 @@
-"""The fp32 ONNX export of a causal LM, as one graph with past key values, by the family's exporter.
+"""The export of a causal LM to ONNX by the family's exporter: one fp32 graph with past key
+values, the variants derived from it (jobs/onnx/derive.py), and the PyTorch reference they
+are checked against (jobs/onnx/reference.py), computed where the PyTorch model is loaded
+anyway.
 
-A local Hugging Face folder in, `model.onnx` plus its external data out, with the inputs
-and outputs a browser client feeds and reads (`input_ids`, `attention_mask`, `position_ids`
-where the exporter keeps it, `past_key_values.N.key/value`; `logits`,
-`present.N.key/value`). Every variant is derived from this graph (jobs/onnx/derive.py).
-Beside it, the PyTorch reference the variants are checked against (jobs/onnx/reference.py),
-computed where the PyTorch model is loaded anyway.
-
-Which exporter takes a family is decided in `foundry/exporters.py` (so `foundry lint`
-refuses the others):
+The graphs have the inputs and outputs a browser client feeds and reads (`input_ids`,
+`attention_mask`, `position_ids` where the exporter keeps it, `past_key_values.N.key/value`;
+`logits`, `present.N.key/value`). Which exporter takes a family is decided in
+`foundry/exporters.py` (so `foundry lint` refuses the others):
 
 - `BuilderExporter`: onnxruntime-genai's model builder, run as its own program so that
   the PyTorch model it loads is gone when it exits (through jobs/onnx/builder_run.py, which
-  puts Foundry's adapters for Gemma 3 and SmolLM3 in place of the builder's classes, and
-  computes the reference from the model the builder loaded once the graph is written). Its
-  graphs declare the last cache dimension as the symbolic `kv_cache_dim`; transformers.js
-  sizes its empty cache by setting every symbolic dimension but the batch to 0, so it is
-  pinned to the head size here. It also writes `genai_config.json`, kept for onnxruntime-genai.
-- `OptimumExporter`: optimum-onnx in its own environment (jobs/onnx/optimum_env.py); the
-  reference is a step of its own in Foundry's environment.
+  puts Foundry's adapters for Gemma 3 and SmolLM3 in place of the builder's classes, derives
+  the variants from the graph in memory in place of saving it, and computes the reference
+  from the model the builder loaded). Its graphs declare the last cache dimension as the
+  symbolic `kv_cache_dim`; transformers.js sizes its empty cache by setting every symbolic
+  dimension but the batch to 0, so it is pinned to the head size. It also writes
+  `genai_config.json`, kept for onnxruntime-genai.
+- `OptimumExporter`: optimum-onnx in its own environment (jobs/onnx/optimum_env.py) writes
+  the fp32 graph; the reference is a step of its own in Foundry's environment.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +39,8 @@ from jobs.steps import StepLog, run_command, run_step
 
 GENAI_CONFIG = "genai_config.json"
 REFERENCE_FILE = "reference.npz"
+REQUEST_FILE = "request.json"       # what the builder's process is asked to make (jobs/onnx/builder_run.py)
+MADE_FILE = "made.json"             # what it made
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -77,16 +77,18 @@ def family(model_dir: Path) -> exporters.Family:
 
 @dataclass(frozen=True)
 class Exported:
-    graph: Path         # <out>/model.onnx, fp32, its external data beside it
-    reference: Path     # <out>/reference.npz: the prompts' token ids and PyTorch logits
+    variants: dict[str, dict[str, Any]]     # what jobs.onnx.derive.derive made of each variant
+    fp32_weight_bytes: int                  # the fp32 graph's weights, which the checks' slices are sized from
+    reference: Path                         # the prompts' token ids and PyTorch logits (jobs/onnx/reference.py)
 
 
 class Exporter:
-    """Writes the fp32 graph of a model folder, and the reference over `prompts`, into `out`."""
+    """Makes the requested variants of a model folder in `onnx_dir`, through an fp32 graph,
+    and the PyTorch reference over `prompts`; `work` is its scratch folder."""
 
     name: str
 
-    def export(self, log: StepLog, model_dir: Path, out: Path, *, prompts: list[str], trust_remote_code: bool) -> Exported:
+    def export(self, log: StepLog, model_dir: Path, work: Path, onnx_dir: Path, *, variants: list[str], prompts: list[str], trust_remote_code: bool) -> Exported:
         raise NotImplementedError
 
     def version(self) -> str:
@@ -94,10 +96,14 @@ class Exporter:
 
 
 class BuilderExporter(Exporter):
+    """The builder's process does it all (jobs/onnx/builder_run.py): it builds the fp32 graph
+    in memory, derives each variant from it in place of saving it, and computes the reference
+    from the PyTorch model it loaded. An fp32 graph reaches the disk only as the fp32 variant."""
+
     name = exporters.BUILDER
 
-    def export(self, log: StepLog, model_dir: Path, out: Path, *, prompts: list[str], trust_remote_code: bool) -> Exported:
-        cache = out / ".builder-cache"
+    def export(self, log: StepLog, model_dir: Path, work: Path, onnx_dir: Path, *, variants: list[str], prompts: list[str], trust_remote_code: bool) -> Exported:
+        cache = work / ".builder-cache"
         options = [
             "hf_token=false",
             f"hf_remote={'true' if trust_remote_code else 'false'}",
@@ -105,19 +111,20 @@ class BuilderExporter(Exporter):
             # builder's windowed cache for sliding-window layers (gemma2/3) wants a capacity.
             "windowed_kv_cache=false",
         ]
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", suffix=".json", dir=out) as request:
-            json.dump({"model_dir": str(model_dir), "prompts": prompts, "trust_remote_code": trust_remote_code, "target": str(out / REFERENCE_FILE)}, request)
-            request.flush()
-            command = [
-                sys.executable, "-m", "jobs.onnx.builder_run", "--foundry-reference", request.name,
-                "-i", str(model_dir), "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(cache), "--extra_options", *options,
-            ]
-            run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
+        work.mkdir(parents=True, exist_ok=True)
+        request = {
+            "model_dir": str(model_dir), "prompts": prompts, "trust_remote_code": trust_remote_code, "reference": str(work / REFERENCE_FILE),
+            "variants": variants, "onnx_dir": str(onnx_dir), "made": str(work / MADE_FILE), "producer_version": self.version(),
+        }
+        (work / REQUEST_FILE).write_text(json.dumps(request))
+        command = [
+            sys.executable, "-m", "jobs.onnx.builder_run", "--foundry-request", str(work / REQUEST_FILE),
+            "-i", str(model_dir), "-o", str(work), "-p", "fp32", "-e", "cpu", "-c", str(cache), "--extra_options", *options,
+        ]
+        run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"})
         shutil.rmtree(cache, ignore_errors=True)
-        model = out / "model.onnx"
-        _settle_graph(model, out / GENAI_CONFIG, producer_version=self.version())
-        return Exported(model, out / REFERENCE_FILE)
+        made = json.loads((work / MADE_FILE).read_text())
+        return Exported(made["variants"], made["fp32_weight_bytes"], work / REFERENCE_FILE)
 
     def version(self) -> str:
         from importlib.metadata import version
@@ -126,15 +133,21 @@ class BuilderExporter(Exporter):
 
 
 class OptimumExporter(Exporter):
+    """optimum-onnx writes the fp32 graph from its own environment; the reference is a step
+    of its own here, and the variants are derived from the graph's file in this process."""
+
     name = exporters.OPTIMUM
 
-    def export(self, log: StepLog, model_dir: Path, out: Path, *, prompts: list[str], trust_remote_code: bool) -> Exported:
+    def export(self, log: StepLog, model_dir: Path, work: Path, onnx_dir: Path, *, variants: list[str], prompts: list[str], trust_remote_code: bool) -> Exported:
+        from jobs.onnx.derive import Source, derive_variants, weight_bytes
+
         python = optimum_env.python()
         script = Path(__file__).with_name("optimum_export.py")
-        command = [str(python), str(script), str(model_dir), str(out), "--trust-remote-code" if trust_remote_code else "--no-remote-code"]
+        command = [str(python), str(script), str(model_dir), str(work), "--trust-remote-code" if trust_remote_code else "--no-remote-code"]
         run_command(log, "export", command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-        run_step(log, "reference", reference.from_checkpoint, model_dir, prompts, out / REFERENCE_FILE, trust_remote_code)
-        return Exported(out / "model.onnx", out / REFERENCE_FILE)
+        run_step(log, "reference", reference.from_checkpoint, model_dir, prompts, work / REFERENCE_FILE, trust_remote_code)
+        source = Source.from_file(work / "model.onnx")
+        return Exported(derive_variants(source, onnx_dir, variants), weight_bytes(source), work / REFERENCE_FILE)
 
     def version(self) -> str:
         return optimum_env.OPTIMUM_ONNX_VERSION
@@ -147,12 +160,12 @@ def exporter_for(model_dir: Path) -> Exporter:
     return EXPORTERS[family(model_dir).exporter]
 
 
-def _settle_graph(model_path: Path, genai_config: Path, *, producer_version: str) -> None:
-    """Give the cache's last dimension its value, the head size, in the graph's inputs and
-    outputs; and record the builder's version alone (it appends the git commit of the
-    directory it ran in, which would make every commit of a checkout export other bytes)."""
-    head_size = int(json.loads(genai_config.read_text())["model"]["decoder"]["head_size"])
-    model = onnx.load(str(model_path), load_external_data=False)
+def settle_builder_graph(model: onnx.ModelProto, *, head_size: int, producer_version: str) -> None:
+    """Give the cache's last dimension its value, the head size, in the builder's graph's
+    inputs and outputs (transformers.js sizes an empty cache by setting every symbolic
+    dimension but the batch to 0); and record the builder's version alone (it appends the
+    git commit of the directory it ran in, which would make every commit of a checkout
+    export other bytes)."""
     model.producer_version = producer_version
     for value in [*model.graph.input, *model.graph.output]:
         if value.name.startswith(("past_key_values.", "present.")):
@@ -160,9 +173,6 @@ def _settle_graph(model_path: Path, genai_config: Path, *, producer_version: str
             if last.dim_param:
                 last.Clear()
                 last.dim_value = head_size
-    temporary = model_path.with_name(f".{model_path.name}.tmp")
-    temporary.write_bytes(model.SerializeToString())
-    os.replace(temporary, model_path)
 
 
 def check_decoder_io(model: Any) -> dict[str, Any]:

@@ -16,12 +16,13 @@ Input `model`: a local Hugging Face causal LM folder. Output (`out`):
                                                            (names from foundry.variants)
     quantize.json                                          the report this returns
 
-The export and the PyTorch reference (jobs/onnx/export.py: onnxruntime-genai's builder,
-which computes the reference in its own process from the model it loaded, or optimum-onnx
-for the families only it takes, the reference then a step of its own) run in processes of
-their own (jobs/steps.py): a loaded PyTorch model's memory only goes back to the system
-when its process exits. Then each variant is derived from the fp32 graph, tensor by tensor
-(jobs/onnx/derive.py), and its agreement measured, here, one after another.
+The export (jobs/onnx/export.py) makes every requested variant, through one fp32 graph, and
+the PyTorch reference they are checked against, in processes of their own (jobs/steps.py):
+a loaded PyTorch model's memory only goes back to the system when its process exits. For
+the builder's families that is one process, which derives each variant from the graph in
+memory (jobs/onnx/derive.py, tensor by tensor) and computes the reference from the model it
+loaded; for optimum's, the reference is a step of its own and the variants are derived from
+the fp32 graph's file. Then each variant's agreement is measured here, one after another.
 
 Agreement is measured against PyTorch in float32 (`reference: "pytorch-fp32"`,
 jobs/onnx/reference.py): every variant, fp32 ONNX included, runs the prompts as one
@@ -83,11 +84,8 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
         raise UserError(f"stage {spec.key}: quantize needs a `model` input")
     model_dir = Path(inputs["model"])
 
-    import onnx
-
     from jobs.onnx import export
     from jobs.onnx import reference as pytorch_reference
-    from jobs.onnx.slices import initializer_bytes
     from jobs.steps import StepLog, give_back_freed_memory, peak_rss_bytes
 
     _check_model_folder(model_dir, allow_pickle=allow_pickle)
@@ -98,26 +96,25 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     steps = StepLog("quantize")
     seconds: dict[str, float] = {}
     files: dict[str, dict[str, Any]] = {}
+    graphs: dict[str, dict[str, Any]] = {}
     onnx_dir = out / ONNX_FOLDER
     with tempfile.TemporaryDirectory(prefix="foundry-quantize-", dir=out.parent) as scratch:
         work = Path(scratch)
         tick = time.perf_counter()
-        exported = exporter.export(steps, model_dir, work / "export", prompts=prompts, trust_remote_code=trust_remote_code)
-        fp32, reference = exported.graph, exported.reference
-        graph = onnx.load(str(fp32), load_external_data=False)
-        io = export.check_decoder_io(graph)
-        weight_budget = sum(map(initializer_bytes, graph.graph.initializer)) // CHECK_SLICES
-        token_ids = pytorch_reference.token_ids(reference)
+        exported = exporter.export(steps, model_dir, work / "export", onnx_dir, variants=variants, prompts=prompts, trust_remote_code=trust_remote_code)
+        token_ids = pytorch_reference.token_ids(exported.reference)
+        weight_budget = exported.fp32_weight_bytes // CHECK_SLICES
         seconds["export"] = time.perf_counter() - tick
 
         for variant in variants:
             tick = time.perf_counter()
-            target = onnx_dir / VARIANT_FILES[variant]
-            files[variant] = make_variant(fp32, target, variant, token_ids, reference, weight_budget)
+            graphs[variant], files[variant] = check_variant(onnx_dir / VARIANT_FILES[variant], exported.variants[variant], token_ids, exported.reference, weight_budget)
             give_back_freed_memory()
             seconds[variant] = time.perf_counter() - tick
-            LOG.info("quantize: %s written (%d bytes, %.1fs, top-1 agreement %.3f)", target.name, files[variant]["size_bytes"], seconds[variant], files[variant]["top1_agreement"])
+            entry = files[variant]
+            LOG.info("quantize: %s written (%d bytes, checked in %.1fs, top-1 agreement %.3f)", VARIANT_FILES[variant], entry["size_bytes"], seconds[variant], entry["top1_agreement"])
         genai = _write_genai_config(work / "export", out, variants)
+    io = graphs[variants[0]]
     seconds["total"] = time.perf_counter() - started
 
     report = {
@@ -140,36 +137,31 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     return {
         **report,
         "seconds": {name: round(value, 3) for name, value in seconds.items()},
-        # The variants run in the stage process itself (below), so "stage" is their peak.
+        # The checks run in the stage process itself, so "stage" is their peak.
         "peak_rss_bytes": {"stage": peak_rss_bytes(), **steps.peaks},
     }
 
 
-def make_variant(fp32: Path, target: Path, variant: str, token_ids: list[list[int]], reference: Path, weight_budget: int) -> dict[str, Any]:
-    """Derive one variant from the fp32 graph and measure its agreement.
+def check_variant(path: Path, made: dict[str, Any], token_ids: list[list[int]], reference: Path, weight_budget: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A variant's graph checked for what transformers.js feeds and reads, and its agreement
+    measured: (its inputs and outputs, its entry in quantize.json).
 
-    In the stage's own process: what it holds (a tensor at a time, then one slice of the
-    graph in a lean ONNX Runtime session) is in buffers large enough that freeing them
-    returns them to the system, so variants run one after another without adding up.
+    In the stage's own process: what it holds (one slice of the graph in a lean ONNX Runtime
+    session) is in buffers large enough that freeing them returns them to the system, so
+    variants are checked one after another without adding up.
     """
     import onnx
 
-    from jobs.onnx.derive import derive
     from jobs.onnx.export import check_decoder_io
 
-    made = derive(fp32, target, data_file_name(target.name), variant)
-    io = check_decoder_io(onnx.load(str(target), load_external_data=False))
-    return {
-        "file": f"{ONNX_FOLDER}/{target.name}",
+    io = check_decoder_io(onnx.load(str(path), load_external_data=False))
+    return io, {
+        "file": f"{ONNX_FOLDER}/{path.name}",
         "size_bytes": made["size_bytes"],
         "kv_cache_dtype": io["past_dtype"],
         "quantization": made["settings"],
-        **saved_agreement(reference, onnx_logits(target, token_ids, weight_budget)),
+        **saved_agreement(reference, onnx_logits(path, token_ids, weight_budget)),
     }
-
-
-def data_file_name(onnx_name: str) -> str:
-    return f"{onnx_name}_data"
 
 
 def _write_genai_config(export_dir: Path, out: Path, variants: list[str]) -> str | None:
