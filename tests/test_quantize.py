@@ -314,6 +314,16 @@ def test_same_process_rerun_into_a_used_folder_is_byte_identical(llama: tuple[Pa
     }
 
 
+def test_q4_alone_is_the_same_bytes_as_q4_beside_fp32(llama: tuple[Path, dict[str, Any], Path], tmp_path: Path) -> None:
+    # Alone, q4 is derived from the builder's graph in memory; beside fp32 (the fixture's
+    # six variants), from the fp32 variant's file: two sources, one graph.
+    out, report, model = llama
+    alone = run(_spec(variants=["q4"]), {"model": model}, tmp_path / "alone")
+    assert sorted(path.name for path in (tmp_path / "alone" / "onnx").iterdir()) == ["model_q4.onnx", "model_q4.onnx_data"]
+    assert {name: digest for name, digest in _hashes(out).items() if name.startswith("model_q4.")} == _hashes(tmp_path / "alone")
+    assert alone["variants"]["q4"] == report["variants"]["q4"]
+
+
 # --- errors a user can cause ---------------------------------------------------------------
 
 def _copy_model(tmp_path: Path, *, without: tuple[str, ...] = ()) -> Path:

@@ -1,10 +1,13 @@
-"""Derive fp16, q8, q4, q4f16 and q2 from the fp32 graph, one tensor at a time.
+"""Derive fp32, fp16, q8, q4, q4f16 and q2 from the fp32 graph, one tensor at a time.
 
-The fp32 export is read as a graph (a few hundred kilobytes) plus memory-mapped external
-data; every variant is written by walking its initializers in order and computing each
-one's bytes from the source tensors it depends on, then dropping them. No step holds a
-model's worth of weights: the peak is the largest tensor and what it quantizes into, which
-is what lets a 7B model through on a 64 GiB node.
+The fp32 graph is a `Source`: its structure (a few hundred kilobytes) and a reader of each
+initializer. For the builder's families that is the builder's graph in memory, each weight
+converted from the memory-mapped checkpoint when it is read (jobs/onnx/builder_run.py); for
+optimum's, the exported file with its external data memory-mapped. Every variant is written
+by walking its initializers in order and computing each one's bytes from the source tensors
+it depends on, then dropping them. No step holds a model's worth of weights: the peak is
+the largest tensor and what it quantizes into, which is what lets a 7B model through on a
+64 GiB node.
 
 What each variant does to the graph (settings in `VariantSettings`, recorded in
 quantize.json and models.json):
@@ -405,8 +408,8 @@ def derive(source: Source, target: Path, data_name: str, variant: str) -> dict[s
 
 
 def derive_variants(source: Source, folder: Path, variants: list[str]) -> dict[str, dict[str, object]]:
-    """Each of `variants` written into `folder` under its published name (foundry.variants),
-    one after another: each gives back what it held before the next starts."""
+    """Each of `variants` (in foundry.variants' order: fp32 first) written into `folder` under
+    its published name, one after another: each gives back what it held before the next starts."""
     from foundry.variants import VARIANT_FILES
     from jobs.steps import give_back_freed_memory
 
@@ -415,6 +418,11 @@ def derive_variants(source: Source, folder: Path, variants: list[str]) -> dict[s
         name = VARIANT_FILES[variant]
         made[variant] = derive(source, folder / name, f"{name}_data", variant)
         give_back_freed_memory()
+        if variant == "fp32":
+            # The rest from the fp32 variant's file, its tensors read as they lie there: the
+            # builder's graph in memory converts and transposes each weight again for every
+            # variant read from it (0.5B, six variants: 52.7 s against 45.6 s from the file).
+            source = Source.from_file(folder / name)
     return made
 
 
