@@ -109,7 +109,7 @@ def run_size(work: Path, size: str) -> list[dict[str, Any]]:
     rows.append(_row(size, "model fp16 bytes", None, fp16_bytes, f"quantize peak / this = {quantize_row['peak_rss_gib'] * GIB / fp16_bytes:.2f} (goal <= 2 at 1.5b)"))
     # [q4] alone (the same recipe with one variant: a new quantize key over the same merge)
     # against the builder's int4, run in turn ROUNDS times and compared by their medians:
-    # single runs of either moved by up to 1.5x on this machine from one run to the next.
+    # single runs of either moved by half or more on this machine from one run to the next.
     recipe["quantize"] = {"variants": ["q4"]}
     (work / "recipe-q4.yml").write_text(yaml.safe_dump(recipe))
     q4_walls, int4_walls = [], []

@@ -41,9 +41,10 @@ def measured(command: list[str], cwd: Path | None = None, env: dict[str, str] | 
     """Wall seconds and peak RSS (KiB) of one command, measured from a parent of its own.
 
     The files earlier commands wrote are flushed to disk first: otherwise the kernel writes
-    them back while this command runs, and a command that writes gigabytes itself is slowed
-    by what came before it (measured: the builder's int4 run took 18.8 to 23.0 s right after
-    a publish of six variants, 10.5 to 11.8 s with nothing left to write back).
+    them back while this command runs, and a command is slowed by what came before it (the
+    builder's int4 run at 0.5B, right after a publish of six variants: 18.8 and 23.0 s in two
+    bench runs without the flush, 13.4 to 17.1 s in nine runs with it; 10.5 to 13.7 s
+    alone on an idle machine).
     """
     import os
     import subprocess
