@@ -37,11 +37,14 @@ import json
 import runpy
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnxruntime_genai.models  # noqa: F401  (puts the builder's folder on sys.path, for `builders`)
 
 from foundry import exporters
+
+if TYPE_CHECKING:
+    from jobs.onnx.derive import Source
 
 # The builder's own package of classes, imported by the name builder.py imports it by.
 builders = importlib.import_module("builders")
@@ -93,7 +96,7 @@ class SmolLM3NoRopeModel(builders.SmolLM3Model):
 ADAPTERS = {"Gemma3Model": Gemma3TextModel, "SmolLM3Model": SmolLM3NoRopeModel}
 
 
-def memory_source(model: Any) -> Any:
+def memory_source(model: Any) -> Source:
     """The builder's graph (an onnx_ir model) as a `derive.Source`: its structure serialized
     with placeholders in place of the initializers' values, and each value read from the
     graph's own (lazy) tensor when a variant needs it."""

@@ -37,7 +37,6 @@ from foundry.errors import UserError
 from jobs.onnx import optimum_env, reference
 from jobs.steps import StepLog, run_command, run_step
 
-GENAI_CONFIG = "genai_config.json"
 REFERENCE_FILE = "reference.npz"
 REQUEST_FILE = "request.json"       # what the builder's process is asked to make (jobs/onnx/builder_run.py)
 MADE_FILE = "made.json"             # what it made

@@ -96,7 +96,6 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     steps = StepLog("quantize")
     seconds: dict[str, float] = {}
     files: dict[str, dict[str, Any]] = {}
-    graphs: dict[str, dict[str, Any]] = {}
     onnx_dir = out / ONNX_FOLDER
     with tempfile.TemporaryDirectory(prefix="foundry-quantize-", dir=out.parent) as scratch:
         work = Path(scratch)
@@ -108,13 +107,12 @@ def run(spec: StageSpec, inputs: dict[str, Path], out: Path) -> dict[str, Any]:
 
         for variant in variants:
             tick = time.perf_counter()
-            graphs[variant], files[variant] = check_variant(onnx_dir / VARIANT_FILES[variant], exported.variants[variant], token_ids, exported.reference, weight_budget)
+            io, files[variant] = check_variant(onnx_dir / VARIANT_FILES[variant], exported.variants[variant], token_ids, exported.reference, weight_budget)
             give_back_freed_memory()
             seconds[variant] = time.perf_counter() - tick
             entry = files[variant]
             LOG.info("quantize: %s written (%d bytes, checked in %.1fs, top-1 agreement %.3f)", VARIANT_FILES[variant], entry["size_bytes"], seconds[variant], entry["top1_agreement"])
         genai = _write_genai_config(work / "export", out, variants)
-    io = graphs[variants[0]]
     seconds["total"] = time.perf_counter() - started
 
     report = {
